@@ -1,0 +1,43 @@
+/* The main thread starts T threads (default 4); each enters R regions (default
+ * 300) of a short parallel-for reduction and records its team sizes.
+ * Prints the mean team over all regions. */
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static int regions = 300;
+static double work_of(int r) {
+    double s = 0;
+    for (int i = 0; i < 20000; i++) s += (i ^ r) * 1e-9;
+    return s;
+}
+static void *worker(void *out) {
+    long teams = 0;
+    double acc = 0;
+    for (int r = 0; r < regions; r++) {
+        int t = 0;
+#pragma omp parallel reduction(+ : acc)
+        {
+#pragma omp single
+            t = omp_get_num_threads();
+            acc += work_of(r);
+        }
+        teams += t;
+    }
+    *(long *)out = teams;
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 4;
+    if (argc > 2) regions = atoi(argv[2]);
+    pthread_t th[64];
+    long teams[64];
+    if (n > 64) n = 64;
+    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, worker, &teams[i]);
+    long total = 0;
+    for (int i = 0; i < n; i++) { pthread_join(th[i], NULL); total += teams[i]; }
+    printf("threads=%d\nregions=%d\nmean_team=%.3f\n", n, n * regions, (double)total / (n * regions));
+    return 0;
+}

@@ -1,0 +1,100 @@
+//! Exports the budget to the environment, for runtimes that load later (they
+//! read these at load: libgomp, libomp and numpy's OpenBLAS honour a value set
+//! here) and for child processes.
+
+use crate::config;
+use crate::stackbuf::{Quoted, StackBuf};
+use core::ffi::CStr;
+use core::fmt::Write;
+use log::info;
+
+/// The pool-size variables we know users set.
+pub const VARS: &[&CStr] = &[
+    c"OMP_NUM_THREADS",
+    c"OPENBLAS_NUM_THREADS",
+    c"GOTO_NUM_THREADS",
+    c"MKL_NUM_THREADS",
+    c"BLIS_NUM_THREADS",
+    c"VECLIB_MAXIMUM_THREADS",
+    c"NUMEXPR_NUM_THREADS",
+    c"NUMEXPR_MAX_THREADS",
+    c"NUMBA_NUM_THREADS",
+    c"POLARS_MAX_THREADS",
+    c"RAYON_NUM_THREADS",
+    c"TF_NUM_INTRAOP_THREADS",
+    c"TF_NUM_INTEROP_THREADS",
+];
+
+/// What a variable should hold under the budget: `None` keeps the user's
+/// value (set and within the budget). A list (`OMP_NUM_THREADS=4,2`, one per
+/// nesting level) is clamped element by element.
+pub fn clamp_value(current: Option<&[u8]>, budget: u32) -> Option<StackBuf<256>> {
+    let mut out = StackBuf::<256>::new();
+    let Some(cur) = current else {
+        let _ = write!(out, "{budget}");
+        return Some(out);
+    };
+    let mut changed = false;
+    for (i, item) in cur.split(|b| *b == b',').enumerate() {
+        if i > 0 {
+            out.push_bytes(b",");
+        }
+        let t = item.trim_ascii();
+        let n = (!t.is_empty() && t.len() < 10 && t.iter().all(u8::is_ascii_digit))
+            .then(|| t.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')));
+        match n {
+            Some(n) if n >= 1 && n <= budget => out.push_bytes(t),
+            _ => {
+                changed = true;
+                let _ = write!(out, "{budget}");
+            }
+        }
+    }
+    changed.then_some(out)
+}
+
+pub fn export(budget: u32) {
+    for var in VARS {
+        let cur = config::getenv(var);
+        if let Some(mut new) = clamp_value(cur.as_ref().map(|c| c.as_bytes()), budget) {
+            if let Some(old) = &cur {
+                info!(
+                    "env_lowered var={} from={} to={}",
+                    var.to_str().unwrap_or("?"),
+                    Quoted(old.as_bytes()),
+                    Quoted(new.as_bytes())
+                );
+            }
+            if let Some(v) = new.as_cstr() {
+                // SAFETY: both strings are NUL-terminated; setenv copies them.
+                unsafe { libc::setenv(var.as_ptr(), v.as_ptr(), 1) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clamp(v: Option<&str>, b: u32) -> Option<String> {
+        clamp_value(v.map(str::as_bytes), b).map(|s| String::from_utf8(s.as_bytes().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn keeps_values_within_budget() {
+        assert_eq!(clamp(Some("2"), 4), None);
+        assert_eq!(clamp(Some("4"), 4), None);
+        assert_eq!(clamp(Some("2,1"), 4), None);
+    }
+
+    #[test]
+    fn lowers_values_above_budget_and_fills_unset() {
+        assert_eq!(clamp(None, 3).as_deref(), Some("3"));
+        assert_eq!(clamp(Some("64"), 2).as_deref(), Some("2"));
+        assert_eq!(clamp(Some("8,4"), 2).as_deref(), Some("2,2"));
+        assert_eq!(clamp(Some("0"), 2).as_deref(), Some("2"));
+        assert_eq!(clamp(Some("lots"), 2).as_deref(), Some("2"));
+        assert_eq!(clamp(Some("99999999999"), 2).as_deref(), Some("2"));
+    }
+}

@@ -1,0 +1,133 @@
+//! Hooks: the exported symbols that interpose the runtimes' own.
+//!
+//! Every hook reads the same way:
+//!   1. ensure init (lazy, idempotent, safe before our constructor ran);
+//!   2. take the reentry guard (our bookkeeping never recurses into itself);
+//!   3. apply the budget;
+//!   4. call the real function of the caller's own runtime copy.
+//!
+//! Step 4 needs the caller: in a Python process the runtime copies are loaded
+//! privately (RTLD_LOCAL) and several live side by side, so `RTLD_NEXT` finds
+//! none or the wrong one. Stable Rust has no `__builtin_return_address`, so
+//! each export is a naked trampoline that records its return address in a
+//! thread-local (`CALLER`) and then jumps to the Rust body with every argument
+//! register untouched. Jumping (not calling) keeps the caller's stack intact,
+//! so functions with stack arguments (8-argument GOMP loop entries) and
+//! variadic ones forward correctly.
+
+pub mod fork;
+pub mod regions;
+pub mod setters;
+pub mod threads;
+
+use core::cell::Cell;
+
+thread_local! {
+    /// Return address of the hook call this thread is in (set by the trampoline).
+    static CALLER: Cell<usize> = const { Cell::new(0) };
+    /// True while this thread runs our own bookkeeping.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the trampolines only, with the return address as first argument.
+pub extern "C" fn save_caller(ret: usize) {
+    CALLER.with(|c| c.set(ret));
+}
+
+/// The return address of the current hook call; read it first thing.
+pub fn take_caller() -> usize {
+    CALLER.with(|c| c.replace(0))
+}
+
+/// Defines an exported symbol `$name` as a trampoline into `$body`, which must
+/// be an `unsafe extern "C" fn` with the real function's signature.
+///
+/// x86-64: at entry rsp = 8 (mod 16). We push the six integer argument
+/// registers and rax (the vector-register count of variadic calls): seven
+/// pushes leave rsp = 0 (mod 16), as a call requires. The hooked functions take
+/// no floating-point arguments, so xmm registers need no saving.
+macro_rules! trampoline {
+    ($name:ident => $body:path) => {
+        #[cfg(target_arch = "x86_64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                "push rdi",
+                "push rsi",
+                "push rdx",
+                "push rcx",
+                "push r8",
+                "push r9",
+                "push rax",
+                "mov rdi, [rsp + 56]",
+                "call {save}",
+                "pop rax",
+                "pop r9",
+                "pop r8",
+                "pop rcx",
+                "pop rdx",
+                "pop rsi",
+                "pop rdi",
+                "jmp {body}",
+                save = sym $crate::hooks::save_caller,
+                body = sym $body,
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name() {
+            // x0-x7 carry arguments, x8 the indirect-result pointer; x30 is the
+            // return address. 80 bytes keeps sp 16-byte aligned.
+            core::arch::naked_asm!(
+                "sub sp, sp, #96",
+                "stp x0, x1, [sp, #0]",
+                "stp x2, x3, [sp, #16]",
+                "stp x4, x5, [sp, #32]",
+                "stp x6, x7, [sp, #48]",
+                "stp x8, x30, [sp, #64]",
+                "mov x0, x30",
+                "bl {save}",
+                "ldp x0, x1, [sp, #0]",
+                "ldp x2, x3, [sp, #16]",
+                "ldp x4, x5, [sp, #32]",
+                "ldp x6, x7, [sp, #48]",
+                "ldp x8, x30, [sp, #64]",
+                "add sp, sp, #96",
+                "b {body}",
+                save = sym $crate::hooks::save_caller,
+                body = sym $body,
+            );
+        }
+    };
+}
+pub(crate) use trampoline;
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("parbudget's trampolines exist for x86_64 and aarch64 only");
+
+/// The reentry guard: `Some` when this thread is not already inside our own
+/// bookkeeping. Dropping it releases the guard.
+pub struct Guard(());
+
+impl Guard {
+    pub fn take() -> Option<Guard> {
+        IN_HOOK.with(|g| if g.replace(true) { None } else { Some(Guard(())) })
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        IN_HOOK.with(|g| g.set(false));
+    }
+}
+
+/// Runs bookkeeping `f` under the reentry guard with panics fenced off: a panic
+/// must never cross the `extern "C"` boundary (it would abort the host), so a
+/// panicking or reentrant bookkeeping step yields `fallback` and the call is
+/// forwarded unchanged.
+pub fn fenced<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    let Some(_guard) = Guard::take() else { return fallback };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
+}

@@ -1,0 +1,253 @@
+//! OpenMP region entry points: every team-starting entry of the GOMP ABI
+//! (libgomp, and libomp/libiomp5 for gcc-compiled code) and LLVM/Intel's
+//! `__kmpc_push_num_threads`. The team is sized here, at each region, from the
+//! ledger: the caller plus the extra workers free right now.
+
+use super::{fenced, fork, take_caller, trampoline};
+use crate::ledger::{self, Ledger};
+use crate::runtime::{self, Impl};
+use crate::stackbuf::Quoted;
+use core::cell::Cell;
+use core::ffi::{CStr, c_long, c_uint, c_void};
+use core::sync::atomic::Ordering::Relaxed;
+use log::{debug, error};
+
+/// The process's ledger of extra workers (see `ledger`).
+pub static LEDGER: Ledger = Ledger::new();
+
+thread_local! {
+    /// Extras this thread holds for regions it is master of.
+    static HELD: Cell<u32> = const { Cell::new(0) };
+    /// Grants of `GOMP_*_start` regions, returned by `GOMP_parallel_end`.
+    static START_STACK: Cell<[u32; 16]> = const { Cell::new([0; 16]) };
+    static START_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+pub fn held_here() -> u32 {
+    HELD.with(|h| h.get())
+}
+
+/// A sized region: where to forward, with how many threads, and what to give
+/// back at the end.
+struct Entry {
+    real: usize,
+    team: c_uint,
+    extras: u32,
+}
+
+type Body = extern "C" fn(*mut c_void);
+
+/// Sizes a region that asked for `requested` threads (0: the runtime's default).
+fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry {
+    let settings = crate::init::ensure();
+    let target = fenced(None, || runtime::resolve(ret, hook, name));
+    let Some(target) = target else {
+        // Without the real entry point the region cannot run at all.
+        error!("unresolved symbol={} caller={:#x}: no OpenMP runtime in scope", Quoted(name.to_bytes()), ret);
+        // SAFETY: abort has no preconditions; there is nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    let passthrough = Entry { real: target.real, team: requested, extras: 0 };
+    fenced(passthrough, || {
+        let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
+        if let Some((i, c)) = copy {
+            if fork::serial_here(i) {
+                fork::child_region(c, name);
+                return Entry { real: target.real, team: 1, extras: 0 };
+            }
+        }
+        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0 } };
+        let budget = s.budget.cores;
+        let asked = match requested {
+            0 => copy.and_then(|(_, c)| c.get_threads()).map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
+            n => n,
+        };
+        let want = asked.clamp(1, budget);
+        let extras = LEDGER.acquire(want - 1);
+        HELD.with(|h| h.set(h.get() + extras));
+        let team = ledger::team(extras);
+        if let Some((i, c)) = copy {
+            c.stats.note_request(asked);
+            c.stats.regions.fetch_add(1, Relaxed);
+            c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
+            if team < asked {
+                c.stats.cut.fetch_add(1, Relaxed);
+            }
+            if team > 1 && c.imp == Impl::Libgomp {
+                fork::mark_master(i);
+            }
+        }
+        debug!(
+            "grant symbol={} impl={} asked={} team={} free={}",
+            Quoted(name.to_bytes()),
+            copy.map_or("unknown", |(_, c)| c.imp.name()),
+            asked,
+            team,
+            LEDGER.free()
+        );
+        Entry { real: target.real, team, extras }
+    })
+}
+
+fn leave(extras: u32) {
+    if extras > 0 {
+        HELD.with(|h| h.set(h.get().saturating_sub(extras)));
+        LEDGER.release(extras);
+    }
+}
+
+fn push_start(extras: u32) {
+    let d = START_DEPTH.with(|d| d.get());
+    if d < 16 {
+        START_STACK.with(|s| {
+            let mut a = s.get();
+            a[d] = extras;
+            s.set(a);
+        });
+        START_DEPTH.with(|x| x.set(d + 1));
+    } else {
+        // Deeper than we track: give the grant back now rather than leak it.
+        leave(extras);
+    }
+}
+
+fn pop_start() -> u32 {
+    let d = START_DEPTH.with(|d| d.get());
+    if d == 0 || d > 16 {
+        START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
+        return 0;
+    }
+    START_DEPTH.with(|x| x.set(d - 1));
+    START_STACK.with(|s| s.get()[d - 1])
+}
+
+/// SAFETY (for every `call!` below): `real` was resolved by this very name in
+/// the caller's own scope, so it has the GOMP ABI signature we declare.
+macro_rules! call {
+    ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
+        unsafe { core::mem::transmute::<usize, extern "C" fn($($t),*) -> $r>($real)($($a),*) }
+    };
+}
+
+/// A region that runs to completion inside the call: size, forward, give back.
+macro_rules! region {
+    ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
+        unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
+            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
+            let r = call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*);
+            leave(e.extras);
+            r
+        }
+        trampoline!($name => $body);
+    };
+}
+
+/// A `_start` region: the team lives until `GOMP_parallel_end`.
+macro_rules! region_start {
+    ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
+        unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
+            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
+            push_start(e.extras);
+            call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> (), f, data, e.team $(, $a)*);
+        }
+        trampoline!($name => $body);
+    };
+}
+
+fn cname(s: &'static str) -> &'static CStr {
+    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
+}
+
+// Hook ids 40..=79 are region entry points.
+region!(40, GOMP_parallel, gomp_parallel, (flags: c_uint), ());
+region!(41, GOMP_parallel_reductions, gomp_parallel_reductions, (flags: c_uint), c_uint);
+region!(42, GOMP_parallel_sections, gomp_parallel_sections, (count: c_uint, flags: c_uint), ());
+region!(43, GOMP_parallel_loop_static, gomp_parallel_loop_static, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(44, GOMP_parallel_loop_dynamic, gomp_parallel_loop_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(45, GOMP_parallel_loop_guided, gomp_parallel_loop_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(46, GOMP_parallel_loop_nonmonotonic_dynamic, gomp_parallel_loop_nonmonotonic_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(47, GOMP_parallel_loop_nonmonotonic_guided, gomp_parallel_loop_nonmonotonic_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(48, GOMP_parallel_loop_runtime, gomp_parallel_loop_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region!(49, GOMP_parallel_loop_nonmonotonic_runtime, gomp_parallel_loop_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region!(50, GOMP_parallel_loop_maybe_nonmonotonic_runtime, gomp_parallel_loop_maybe_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region_start!(51, GOMP_parallel_start, gomp_parallel_start, ());
+region_start!(52, GOMP_parallel_sections_start, gomp_parallel_sections_start, (count: c_uint));
+region_start!(53, GOMP_parallel_loop_static_start, gomp_parallel_loop_static_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(54, GOMP_parallel_loop_dynamic_start, gomp_parallel_loop_dynamic_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(55, GOMP_parallel_loop_guided_start, gomp_parallel_loop_guided_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(56, GOMP_parallel_loop_runtime_start, gomp_parallel_loop_runtime_start, (s: c_long, e: c_long, i: c_long));
+
+unsafe extern "C" fn gomp_parallel_end() {
+    let ret = take_caller();
+    let target = fenced(None, || runtime::resolve(ret, 57, c"GOMP_parallel_end"));
+    let Some(t) = target else {
+        error!("unresolved symbol=\"GOMP_parallel_end\" caller={:#x}", ret);
+        // SAFETY: nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    call!(t.real, fn() -> (), );
+    leave(pop_start());
+}
+trampoline!(GOMP_parallel_end => gomp_parallel_end);
+
+/// Host teams: libgomp runs the teams one after another on the calling thread
+/// (no threads of their own); libomp forks them. Only the thread limit of the
+/// regions inside is bounded: by the budget, or to 1 in a child that must run
+/// serially. The number of teams is the program's business.
+unsafe extern "C" fn gomp_teams_reg(f: Body, data: *mut c_void, num_teams: c_uint, thread_limit: c_uint, flags: c_uint) {
+    let (real, l) = limit(take_caller(), 58, c"GOMP_teams_reg", thread_limit);
+    call!(real, fn(Body, *mut c_void, c_uint, c_uint, c_uint) -> (), f, data, num_teams, l, flags);
+}
+trampoline!(GOMP_teams_reg => gomp_teams_reg);
+
+/// `GOMP_teams`/`GOMP_teams4` set the thread limit of the teams region.
+fn limit(ret: usize, hook: u8, name: &'static CStr, thread_limit: c_uint) -> (usize, c_uint) {
+    let settings = crate::init::ensure();
+    let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
+        error!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
+        // SAFETY: nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    let serial = t.copy.is_some_and(fork::serial_here);
+    let budget = settings.map_or(u32::MAX, |s| s.budget.cores);
+    let l = if serial { 1 } else if thread_limit > budget { budget } else { thread_limit };
+    (t.real, l)
+}
+
+unsafe extern "C" fn gomp_teams(num_teams: c_uint, thread_limit: c_uint) {
+    let (real, l) = limit(take_caller(), 59, c"GOMP_teams", thread_limit);
+    call!(real, fn(c_uint, c_uint) -> (), num_teams, l);
+}
+trampoline!(GOMP_teams => gomp_teams);
+
+unsafe extern "C" fn gomp_teams4(low: c_uint, high: c_uint, thread_limit: c_uint, first: bool) -> bool {
+    let (real, l) = limit(take_caller(), 60, c"GOMP_teams4", thread_limit);
+    call!(real, fn(c_uint, c_uint, c_uint, bool) -> bool, low, high, l, first)
+}
+trampoline!(GOMP_teams4 => gomp_teams4);
+
+/// LLVM/Intel: a `num_threads` clause arrives here before `__kmpc_fork_call`.
+/// Clamped to the budget (a static limit; the per-region ledger covers the
+/// GOMP entry points).
+unsafe extern "C" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) {
+    let ret = take_caller();
+    let settings = crate::init::ensure();
+    let Some(t) = fenced(None, || runtime::resolve(ret, 61, c"__kmpc_push_num_threads")) else {
+        error!("unresolved symbol=\"__kmpc_push_num_threads\" caller={:#x}", ret);
+        // SAFETY: nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    let budget = settings.map_or(i32::MAX, |s| s.budget.cores.min(i32::MAX as u32) as i32);
+    let n2 = fenced(n, || {
+        if let Some(c) = t.copy.and_then(runtime::copy) {
+            c.stats.note_request(n.max(0) as u32);
+            if n > budget {
+                c.stats.clamped.fetch_add(1, Relaxed);
+                debug!("clamp symbol=\"__kmpc_push_num_threads\" requested={} granted={} impl={}", n, budget, c.imp.name());
+            }
+        }
+        n.min(budget)
+    });
+    call!(t.real, fn(*mut c_void, i32, i32) -> (), loc, gtid, n2);
+}
+trampoline!(__kmpc_push_num_threads => kmpc_push_num_threads);

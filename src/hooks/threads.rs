@@ -1,0 +1,157 @@
+//! `pthread_create`: every new thread is attributed to the object that created
+//! it (a runtime copy, or "other": the program, libpython, any other library),
+//! and counted created/live/peak. The thread's end (return, `pthread_exit`,
+//! cancellation) is seen through a pthread key destructor, which runs in all
+//! three cases.
+//!
+//! This runs on every thread creation of the host: it never fails a creation
+//! that would have succeeded (if our wrapper cannot be allocated the thread
+//! starts unwrapped and is only counted as created) and never calls into a
+//! runtime (the creator may be a runtime inside its own initialisation).
+
+use super::{take_caller, trampoline};
+use crate::runtime::{self, Stats};
+use crate::stackbuf::Quoted;
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU32, Ordering::*};
+use log::debug;
+
+/// Threads made by the program and libraries that are not runtimes.
+pub static OTHER: Stats = Stats {
+    requested_max: AtomicU32::new(0),
+    clamped: AtomicU32::new(0),
+    threads_created: core::sync::atomic::AtomicU64::new(0),
+    threads_live: core::sync::atomic::AtomicU64::new(0),
+    threads_peak: core::sync::atomic::AtomicU64::new(0),
+    regions: core::sync::atomic::AtomicU64::new(0),
+    team_sum: core::sync::atomic::AtomicU64::new(0),
+    cut: core::sync::atomic::AtomicU64::new(0),
+};
+
+type StartFn = extern "C" fn(*mut c_void) -> *mut c_void;
+type CreateFn = unsafe extern "C" fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartFn, *mut c_void) -> i32;
+
+/// What the wrapper hands to the new thread.
+#[repr(C)]
+struct Launch {
+    start: StartFn,
+    arg: *mut c_void,
+    /// Registry index + 1, or 0 for "other".
+    owner: usize,
+}
+
+/// Key whose destructor sees each wrapped thread end. Created once; 0 = not yet.
+static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
+
+fn stats_of(owner: usize) -> &'static Stats {
+    owner.checked_sub(1).and_then(runtime::copy).map_or(&OTHER, |c| &c.stats)
+}
+
+extern "C" fn thread_ended(value: *mut c_void) {
+    stats_of(value as usize - 1).threads_live.fetch_sub(1, Relaxed);
+}
+
+fn key() -> Option<libc::pthread_key_t> {
+    let k = KEY.load(Acquire);
+    if k != u32::MAX {
+        return Some(k);
+    }
+    let mut new: libc::pthread_key_t = 0;
+    // SAFETY: creates a key with a plain extern "C" destructor.
+    if unsafe { libc::pthread_key_create(&mut new, Some(thread_ended)) } != 0 {
+        return None;
+    }
+    match KEY.compare_exchange(u32::MAX, new, AcqRel, Acquire) {
+        Ok(_) => Some(new),
+        Err(winner) => {
+            // SAFETY: our key lost the race and was never used.
+            unsafe { libc::pthread_key_delete(new) };
+            Some(winner)
+        }
+    }
+}
+
+extern "C" fn launch(p: *mut c_void) -> *mut c_void {
+    // SAFETY: `p` is the Launch we allocated with malloc in the creator; the new
+    // thread owns it now.
+    let Launch { start, arg, owner } = unsafe { core::ptr::read(p as *const Launch) };
+    // SAFETY: freeing our own allocation.
+    unsafe { libc::free(p) };
+    if let Some(k) = key() {
+        // owner + 1 so the value is never NULL (destructors skip NULL values).
+        // SAFETY: setting this thread's value of our key.
+        unsafe { libc::pthread_setspecific(k, (owner + 1) as *const c_void) };
+    }
+    start(arg)
+}
+
+fn real_create() -> Option<CreateFn> {
+    static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    let mut r = REAL.load(Relaxed);
+    if r == 0 {
+        // SAFETY: RTLD_NEXT lookup of an always-present libc symbol.
+        r = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) } as usize;
+        REAL.store(r, Relaxed);
+    }
+    // SAFETY: the symbol has pthread_create's signature.
+    (r != 0).then(|| unsafe { core::mem::transmute::<usize, CreateFn>(r) })
+}
+
+unsafe extern "C" fn pthread_create_hook(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: StartFn,
+    arg: *mut c_void,
+) -> i32 {
+    let ret = take_caller();
+    let Some(real) = real_create() else { return libc::EAGAIN };
+    let _ = crate::init::ensure();
+    let owner = super::fenced(0, || {
+        runtime::refresh();
+        runtime::copy_containing(ret).map_or(0, |i| i + 1)
+    });
+    let stats = stats_of(owner);
+    let live = stats.threads_live.fetch_add(1, Relaxed) + 1;
+    // SAFETY: a plain allocation of a small POD; checked for NULL.
+    let launch_box = unsafe { libc::malloc(core::mem::size_of::<Launch>()) } as *mut Launch;
+    let r = if launch_box.is_null() {
+        stats.threads_live.fetch_sub(1, Relaxed);
+        // SAFETY: forwarding the caller's own arguments.
+        unsafe { real(thread, attr, start, arg) }
+    } else {
+        // SAFETY: launch_box is a fresh allocation of the right size.
+        unsafe { launch_box.write(Launch { start, arg, owner }) };
+        // SAFETY: forwarding with our launcher; it frees launch_box.
+        let r = unsafe { real(thread, attr, launch, launch_box.cast()) };
+        if r != 0 {
+            // SAFETY: the thread was not created, so the box is still ours.
+            unsafe { libc::free(launch_box.cast()) };
+            stats.threads_live.fetch_sub(1, Relaxed);
+        }
+        r
+    };
+    if r == 0 {
+        stats.threads_created.fetch_add(1, Relaxed);
+        stats.threads_peak.fetch_max(live, Relaxed);
+        if log::log_enabled!(log::Level::Debug) {
+            let copy = owner.checked_sub(1).and_then(runtime::copy);
+            debug!(
+                "thread_created runtime={} path={} live={}",
+                copy.map_or("other", |c| c.imp.name()),
+                Quoted(copy.map_or(&b""[..], |c| c.path())),
+                live
+            );
+        }
+    }
+    r
+}
+trampoline!(pthread_create => pthread_create_hook);
+
+/// In a forked child only the forking thread exists: live counts restart from
+/// what the child really has (its one thread, counted nowhere).
+pub fn reset_in_child() {
+    OTHER.threads_live.store(0, Relaxed);
+    for (_, c) in runtime::copies() {
+        c.stats.threads_live.store(0, Relaxed);
+    }
+}

@@ -1,0 +1,168 @@
+//! Lazy, idempotent initialisation, safe from any hook at any time.
+//!
+//! Hooks can run before our constructor (numpy's OpenBLAS calls
+//! `pthread_create` from its own constructor, which may run first), so every
+//! hook calls [`ensure`]. States: UNINIT -> RUNNING -> READY. A thread that
+//! finds RUNNING because it is itself inside init (reentry) passes through;
+//! another thread waits, since init is short and does no blocking I/O.
+
+use crate::budget::{self, Budget, Source};
+use crate::config::{self, ForkPolicy};
+use crate::stackbuf::Quoted;
+use core::sync::atomic::{AtomicU8, Ordering::*};
+use log::{info, warn};
+use std::sync::OnceLock;
+
+const UNINIT: u8 = 0;
+const RUNNING: u8 = 1;
+const READY: u8 = 2;
+
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+static SETTINGS: OnceLock<Settings> = OnceLock::new();
+
+pub struct Settings {
+    pub budget: Budget,
+    pub fork: ForkPolicy,
+    pub report: Option<Vec<u8>>,
+    pub report_signal: Option<libc::c_int>,
+}
+
+thread_local! {
+    static IN_INIT: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// The settings, initialising first if needed. `None` only while this very
+/// thread is inside init (a hook reached from init itself).
+pub fn ensure() -> Option<&'static Settings> {
+    if STATE.load(Acquire) == READY {
+        return SETTINGS.get();
+    }
+    if IN_INIT.with(|f| f.get()) {
+        return None;
+    }
+    match STATE.compare_exchange(UNINIT, RUNNING, AcqRel, Acquire) {
+        Ok(_) => {
+            IN_INIT.with(|f| f.set(true));
+            let s = std::panic::catch_unwind(read_settings).unwrap_or_else(|_| fallback_settings());
+            let _ = SETTINGS.set(s);
+            STATE.store(READY, Release);
+            IN_INIT.with(|f| f.set(false));
+            after_ready();
+        }
+        Err(_) => {
+            while STATE.load(Acquire) != READY {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+    SETTINGS.get()
+}
+
+/// Settings if init already finished; never starts it (for atfork/signal paths).
+pub fn ready() -> Option<&'static Settings> {
+    if STATE.load(Acquire) == READY { SETTINGS.get() } else { None }
+}
+
+fn fallback_settings() -> Settings {
+    Settings {
+        budget: Budget { cores: 1, source: Source::Affinity },
+        fork: ForkPolicy::Serial,
+        report: None,
+        report_signal: None,
+    }
+}
+
+fn read_settings() -> Settings {
+    // Logging first, so every later complaint has a writer.
+    let mut bad_log = None;
+    let spec = match config::getenv(c"PARBUDGET_LOG") {
+        None => "warn".to_string(),
+        Some(v) => match core::str::from_utf8(v.as_bytes()) {
+            Ok(s) if config::log_spec_ok(s) => s.to_string(),
+            _ => {
+                bad_log = Some(v);
+                "warn".to_string()
+            }
+        },
+    };
+    crate::logging::install(&spec);
+    if let Some(v) = bad_log {
+        warn!(
+            "bad_env var=PARBUDGET_LOG value={} using=warn reason=\"unknown level; use error, warn, info, debug, trace or env_logger directives\"",
+            Quoted(v.as_bytes())
+        );
+    }
+
+    let detected = budget::detect();
+    let budget = match config::getenv(c"PARBUDGET_CORES") {
+        None => detected,
+        Some(v) => match budget::parse_cores(v.as_bytes()) {
+            Ok(n) => Budget { cores: n, source: Source::Env },
+            Err(e) => {
+                warn!(
+                    "bad_env var=PARBUDGET_CORES value={} using={} source={} reason=\"{}\"",
+                    Quoted(v.as_bytes()),
+                    detected.cores,
+                    detected.source.name(),
+                    e.reason()
+                );
+                detected
+            }
+        },
+    };
+    info!("budget cores={} source={}", budget.cores, budget.source.name());
+
+    let fork = match config::getenv(c"PARBUDGET_FORK") {
+        None => ForkPolicy::Serial,
+        Some(v) => ForkPolicy::parse(v.as_bytes()).unwrap_or_else(|| {
+            warn!(
+                "bad_env var=PARBUDGET_FORK value={} using=serial reason=\"expected serial, abort or warn\"",
+                Quoted(v.as_bytes())
+            );
+            ForkPolicy::Serial
+        }),
+    };
+
+    let report = config::getenv(c"PARBUDGET_REPORT").map(|v| v.as_bytes().to_vec());
+    let report_signal = config::getenv(c"PARBUDGET_REPORT_SIGNAL").and_then(|v| {
+        let s = config::parse_signal(v.as_bytes());
+        if s.is_none() {
+            warn!(
+                "bad_env var=PARBUDGET_REPORT_SIGNAL value={} using=off reason=\"expected USR1, USR2, HUP, URG, WINCH or PWR\"",
+                Quoted(v.as_bytes())
+            );
+        }
+        s
+    });
+
+    crate::exportenv::export(budget.cores);
+    Settings { budget, fork, report, report_signal }
+}
+
+/// Work that may log or touch the registry, done once settings are published.
+fn after_ready() {
+    if let Some(s) = SETTINGS.get() {
+        crate::hooks::regions::LEDGER.reset(s.budget.cores, 0);
+    }
+    crate::runtime::refresh();
+    crate::hooks::fork::install_atfork();
+}
+
+/// Our constructor: init now, then bring copies that were loaded (and whose
+/// constructors ran) before us under the budget. Calling libgomp or OpenBLAS
+/// here is safe: their constructors have either run (we correct what they read)
+/// or not (they will read the environment we just exported). libomp/libiomp
+/// initialise lazily on first use and read that environment then, so we leave
+/// them alone rather than start them from a constructor.
+pub fn constructor() {
+    let Some(s) = ensure() else { return };
+    crate::hooks::fenced((), || {
+        for (_, c) in crate::runtime::copies() {
+            if matches!(c.imp, crate::runtime::Impl::Libgomp) || c.imp.kind() == crate::runtime::Kind::Blas {
+                crate::runtime::apply_budget(c, s.budget.cores, "constructor");
+            }
+        }
+        crate::report::install(s);
+    });
+}

@@ -1,0 +1,20 @@
+//! libparbudget: one core budget for every native thread pool in a process
+//! tree, enforced from an `LD_PRELOAD` shim. See README.md for the design.
+
+mod budget;
+mod config;
+mod conflicts;
+mod exportenv;
+mod hooks;
+mod init;
+mod ledger;
+mod logging;
+mod report;
+mod runtime;
+mod stackbuf;
+
+#[cfg(not(test))]
+#[ctor::ctor(unsafe)]
+fn parbudget_constructor() {
+    init::constructor();
+}

@@ -1,0 +1,352 @@
+//! Reports: a table on stderr or JSON in a file, at exit, at `_exit`, and on a
+//! signal. Everything here writes through stack buffers and raw `write(2)`,
+//! with no allocation and no locks, because it runs in a signal handler, in
+//! `_exit` of a forked child, and at exit while other threads still run.
+//!
+//! JSON schema (keys may be added, never renamed):
+//! `{pid, ppid, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
+//! threads_created, threads_live, threads_peak, requested_max, clamped,
+//! regions, mean_team, requests_cut}], other_threads: {created, live, peak},
+//! warnings: [{kind, message}]}`
+
+use crate::hooks::fork::KNOWN_PID;
+use crate::hooks::threads::OTHER;
+use crate::init::Settings;
+use crate::runtime;
+use crate::stackbuf::StackBuf;
+use core::cell::UnsafeCell;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::*};
+
+const MAX_WARNINGS: usize = 32;
+const MSG_LEN: usize = 600;
+
+struct Warning {
+    kind: &'static str,
+    msg: [u8; MSG_LEN],
+    len: usize,
+}
+
+struct Warnings {
+    slots: [UnsafeCell<Warning>; MAX_WARNINGS],
+    count: AtomicUsize,
+    writer: AtomicBool,
+}
+
+// SAFETY: a slot is written under `writer` before `count` publishes it and is
+// never written again.
+unsafe impl Sync for Warnings {}
+
+static WARNINGS: Warnings = Warnings {
+    slots: [const { UnsafeCell::new(Warning { kind: "", msg: [0; MSG_LEN], len: 0 }) }; MAX_WARNINGS],
+    count: AtomicUsize::new(0),
+    writer: AtomicBool::new(false),
+};
+
+/// Records a warning for the report (the caller logs its own line).
+pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
+    let mut spins = 0;
+    while WARNINGS.writer.swap(true, Acquire) {
+        spins += 1;
+        if spins > 10_000 {
+            return; // A writer died mid-write (fork); losing one entry beats hanging.
+        }
+        core::hint::spin_loop();
+    }
+    let n = WARNINGS.count.load(Relaxed);
+    if n < MAX_WARNINGS {
+        let mut b = StackBuf::<MSG_LEN>::new();
+        let _ = b.write_fmt(msg);
+        // SAFETY: slot n is unpublished and we hold the writer flag.
+        let w = unsafe { &mut *WARNINGS.slots[n].get() };
+        w.kind = kind;
+        w.len = b.len();
+        w.msg[..b.len()].copy_from_slice(b.as_bytes());
+        WARNINGS.count.store(n + 1, Release);
+    }
+    WARNINGS.writer.store(false, Release);
+}
+
+fn warnings() -> impl Iterator<Item = (&'static str, &'static [u8])> {
+    let n = WARNINGS.count.load(Acquire);
+    (0..n).map(|i| {
+        // SAFETY: published slots are immutable.
+        let w = unsafe { &*WARNINGS.slots[i].get() };
+        (w.kind, &w.msg[..w.len])
+    })
+}
+
+/// A buffered writer to a file descriptor, flushing with `write(2)`.
+struct Out {
+    fd: i32,
+    buf: StackBuf<4096>,
+}
+
+impl Write for Out {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        if self.buf.len() + s.len() > 4000 {
+            self.flush();
+        }
+        if s.len() > 4000 {
+            raw_write(self.fd, s.as_bytes());
+        } else {
+            self.buf.push_bytes(s.as_bytes());
+        }
+        Ok(())
+    }
+}
+
+impl Out {
+    fn flush(&mut self) {
+        raw_write(self.fd, self.buf.as_bytes());
+        self.buf.clear();
+    }
+}
+
+fn raw_write(fd: i32, mut b: &[u8]) {
+    while !b.is_empty() {
+        // SAFETY: writing from a valid slice.
+        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
+        if n <= 0 {
+            // SAFETY: errno of this thread.
+            if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        b = &b[n as usize..];
+    }
+}
+
+/// JSON string with escapes.
+struct Js<'a>(&'a [u8]);
+
+impl fmt::Display for Js<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"")?;
+        for &b in self.0 {
+            match b {
+                b'"' => f.write_str("\\\"")?,
+                b'\\' => f.write_str("\\\\")?,
+                0x20..=0x7e => f.write_char(b as char)?,
+                _ => write!(f, "\\u{:04x}", b)?,
+            }
+        }
+        f.write_str("\"")
+    }
+}
+
+fn mean_team(s: &runtime::Stats) -> f64 {
+    let r = s.regions.load(Relaxed);
+    if r == 0 { 0.0 } else { s.team_sum.load(Relaxed) as f64 / r as f64 }
+}
+
+fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
+    // SAFETY: getpid/getppid have no preconditions.
+    let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
+    write!(
+        o,
+        "{{\"pid\":{},\"ppid\":{},\"budget\":{},\"budget_source\":\"{}\",\"fork_policy\":\"{}\",\"runtimes\":[",
+        pid,
+        ppid,
+        s.budget.cores,
+        s.budget.source.name(),
+        s.fork.name()
+    )?;
+    for (i, c) in runtime::copies() {
+        let st = &c.stats;
+        write!(
+            o,
+            "{}{{\"kind\":\"{}\",\"impl\":\"{}\",\"path\":{},\"threads_created\":{},\"threads_live\":{},\"threads_peak\":{},\"requested_max\":{},\"clamped\":{},\"regions\":{},\"mean_team\":{:.3},\"requests_cut\":{}}}",
+            if i > 0 { "," } else { "" },
+            c.imp.kind().name(),
+            c.imp.name(),
+            Js(c.path()),
+            st.threads_created.load(Relaxed),
+            st.threads_live.load(Relaxed),
+            st.threads_peak.load(Relaxed),
+            st.requested_max.load(Relaxed),
+            st.clamped.load(Relaxed),
+            st.regions.load(Relaxed),
+            mean_team(st),
+            st.cut.load(Relaxed),
+        )?;
+    }
+    write!(
+        o,
+        "],\"other_threads\":{{\"created\":{},\"live\":{},\"peak\":{}}},\"warnings\":[",
+        OTHER.threads_created.load(Relaxed),
+        OTHER.threads_live.load(Relaxed),
+        OTHER.threads_peak.load(Relaxed)
+    )?;
+    for (i, (kind, msg)) in warnings().enumerate() {
+        write!(o, "{}{{\"kind\":\"{}\",\"message\":{}}}", if i > 0 { "," } else { "" }, kind, Js(msg))?;
+    }
+    o.write_str("]}\n")
+}
+
+fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    writeln!(o, "parbudget[{}] report: budget {} cores (from {}), fork policy {}", pid, s.budget.cores, s.budget.source.name(), s.fork.name())?;
+    writeln!(o, "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9}  path", "runtime", "kind", "created", "live", "peak", "requested", "clamped", "regions", "mean_team")?;
+    for (_, c) in runtime::copies() {
+        let st = &c.stats;
+        write!(
+            o,
+            "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9.2}  ",
+            c.imp.name(),
+            c.imp.kind().name(),
+            st.threads_created.load(Relaxed),
+            st.threads_live.load(Relaxed),
+            st.threads_peak.load(Relaxed),
+            st.requested_max.load(Relaxed),
+            st.clamped.load(Relaxed),
+            st.regions.load(Relaxed),
+            mean_team(st)
+        )?;
+        o.buf.push_bytes(c.path());
+        o.write_str("\n")?;
+    }
+    writeln!(
+        o,
+        "  {:<10} {:<6} {:>7} {:>5} {:>5}",
+        "other",
+        "-",
+        OTHER.threads_created.load(Relaxed),
+        OTHER.threads_live.load(Relaxed),
+        OTHER.threads_peak.load(Relaxed)
+    )?;
+    for (kind, msg) in warnings() {
+        write!(o, "  warning {}: ", kind)?;
+        o.buf.push_bytes(msg);
+        o.write_str("\n")?;
+    }
+    Ok(())
+}
+
+/// Writes the report now to its destination. Async-signal-safe.
+fn write_to_destination(s: &Settings, dest: &[u8]) {
+    if dest == b"stderr" {
+        let mut o = Out { fd: 2, buf: StackBuf::new() };
+        let _ = write_table(&mut o, s);
+        o.flush();
+        return;
+    }
+    // %p -> pid, %% -> %.
+    let mut path = StackBuf::<1100>::new();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let mut i = 0;
+    while i < dest.len() {
+        if dest[i] == b'%' && i + 1 < dest.len() && dest[i + 1] == b'p' {
+            let _ = write!(path, "{}", pid);
+            i += 2;
+        } else if dest[i] == b'%' && i + 1 < dest.len() && dest[i + 1] == b'%' {
+            path.push_bytes(b"%");
+            i += 2;
+        } else {
+            path.push_bytes(&dest[i..i + 1]);
+            i += 1;
+        }
+    }
+    let Some(c) = path.as_cstr() else { return };
+    // Write to a temporary name, then rename: a reader never sees half a file.
+    let mut tmp = StackBuf::<1200>::new();
+    tmp.push_bytes(c.to_bytes());
+    let _ = write!(tmp, ".tmp{}", pid);
+    let Some(t) = tmp.as_cstr() else { return };
+    // SAFETY: NUL-terminated path; 0600: the report names our libraries and is
+    // the user's own business.
+    let fd = unsafe { libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        let mut line = StackBuf::<1300>::new();
+        let _ = write!(line, "parbudget[{}] WARN report_failed path=", pid);
+        line.push_bytes(c.to_bytes());
+        line.push_bytes(b"\n");
+        raw_write(2, line.as_bytes());
+        return;
+    }
+    let mut o = Out { fd, buf: StackBuf::new() };
+    let _ = write_json(&mut o, s);
+    o.flush();
+    // SAFETY: closing and renaming our own file.
+    unsafe {
+        libc::close(fd);
+        libc::rename(t.as_ptr(), c.as_ptr());
+    }
+}
+
+/// pid whose exit report was written (at most one per process).
+static WRITTEN: AtomicI32 = AtomicI32::new(0);
+
+/// The exit report: once per process, never in a vfork child (it shares our
+/// memory and must only exec or _exit).
+pub fn write_now() {
+    let Some(s) = crate::init::ready() else { return };
+    let Some(dest) = s.report.as_deref() else { return };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if pid != KNOWN_PID.load(Relaxed) || WRITTEN.swap(pid, AcqRel) == pid {
+        return;
+    }
+    write_to_destination(s, dest);
+}
+
+extern "C" fn at_exit() {
+    write_now();
+}
+
+static OLD_ACTION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    if let Some(s) = crate::init::ready() {
+        let dest = s.report.as_deref().unwrap_or(b"stderr");
+        write_to_destination(s, dest);
+    }
+    // Chain to the handler the program had installed before us, if any.
+    let h = OLD_ACTION[0].load(Relaxed);
+    let siginfo = OLD_ACTION[1].load(Relaxed) != 0;
+    if h != libc::SIG_DFL && h != libc::SIG_IGN && h != 0 {
+        // SAFETY: `h` is the handler the program installed, with the calling
+        // convention its SA_SIGINFO flag says.
+        unsafe {
+            if siginfo {
+                core::mem::transmute::<usize, extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)>(h)(sig, info, ctx);
+            } else {
+                core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h)(sig);
+            }
+        }
+    }
+}
+
+/// Registers the exit report and the signal report. Called from our constructor.
+pub fn install(s: &Settings) {
+    if s.report.is_some() {
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(at_exit) };
+    }
+    if let Some(sig) = s.report_signal {
+        // SAFETY: installs a SA_SIGINFO handler, keeping the old action to chain.
+        unsafe {
+            let mut new: libc::sigaction = core::mem::zeroed();
+            let mut old: libc::sigaction = core::mem::zeroed();
+            new.sa_sigaction = on_signal as *const () as usize;
+            new.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigemptyset(&mut new.sa_mask);
+            if libc::sigaction(sig, &new, &mut old) == 0 {
+                OLD_ACTION[0].store(old.sa_sigaction, Relaxed);
+                OLD_ACTION[1].store(usize::from(old.sa_flags & libc::SA_SIGINFO != 0), Relaxed);
+            }
+        }
+    }
+}
+
+redhook::hook! {
+    unsafe fn _exit(status: libc::c_int) => parbudget_exit {
+        // Python's multiprocessing children end with os._exit: write their
+        // report here, since atexit handlers do not run.
+        crate::hooks::fenced((), write_now);
+        unsafe { redhook::real!(_exit)(status) }
+    }
+}

@@ -1,0 +1,539 @@
+//! Runtime copies: which native thread pools are loaded, where, and which
+//! copy a given caller is bound to.
+//!
+//! Discovery follows threadpoolctl: walk the loaded objects
+//! (`dl_iterate_phdr`), match file-name prefixes from each runtime kind's table
+//! row, confirm with symbols. Unlike threadpoolctl it runs again whenever the
+//! loader's object count changes, so copies loaded later (numpy imported after
+//! start) are found too, and it never interposes `dlopen` (that would make glibc
+//! see us as the caller and break the host's `$ORIGIN` lookups).
+//!
+//! The registry is append-only: a slot is written under the writer flag, then
+//! published by bumping `count` (Release); readers see only published slots.
+
+pub mod blis;
+pub mod flexiblas;
+pub mod mkl;
+pub mod openblas;
+pub mod openmp;
+
+use crate::stackbuf::{Quoted, StackBuf};
+use core::cell::UnsafeCell;
+use core::ffi::{CStr, c_char, c_int, c_void};
+use core::mem::MaybeUninit;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use log::{debug, info};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Impl {
+    Libgomp,
+    Libomp,
+    Libiomp,
+    Openblas,
+    Mkl,
+    Blis,
+    Flexiblas,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Openmp,
+    Blas,
+}
+
+impl Impl {
+    pub fn name(self) -> &'static str {
+        match self {
+            Impl::Libgomp => "libgomp",
+            Impl::Libomp => "libomp",
+            Impl::Libiomp => "libiomp",
+            Impl::Openblas => "openblas",
+            Impl::Mkl => "mkl",
+            Impl::Blis => "blis",
+            Impl::Flexiblas => "flexiblas",
+        }
+    }
+    pub fn kind(self) -> Kind {
+        match self {
+            Impl::Libgomp | Impl::Libomp | Impl::Libiomp => Kind::Openmp,
+            _ => Kind::Blas,
+        }
+    }
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Openmp => "openmp",
+            Kind::Blas => "blas",
+        }
+    }
+}
+
+/// One runtime kind's table row, as in threadpoolctl: file-name prefixes,
+/// symbols that confirm it, and its get/set thread-count functions (the first
+/// one present in the copy wins).
+pub struct Row {
+    pub imp: Impl,
+    pub prefixes: &'static [&'static str],
+    pub confirm: &'static [&'static CStr],
+    pub get: &'static [&'static CStr],
+    pub set: &'static [&'static CStr],
+}
+
+fn rows() -> impl Iterator<Item = &'static Row> {
+    openmp::ROWS
+        .iter()
+        .chain(openblas::ROWS)
+        .chain(mkl::ROWS)
+        .chain(blis::ROWS)
+        .chain(flexiblas::ROWS)
+}
+
+/// Which row a file name belongs to, by the prefix of its base name.
+pub fn row_for_path(path: &[u8]) -> Option<&'static Row> {
+    let base = match path.iter().rposition(|b| *b == b'/') {
+        Some(i) => &path[i + 1..],
+        None => path,
+    };
+    rows().find(|r| r.prefixes.iter().any(|p| base.starts_with(p.as_bytes())))
+}
+
+const PATH_LEN: usize = 512;
+pub const MAX_COPIES: usize = 64;
+
+/// Counters kept per runtime copy, for logs and the report.
+#[derive(Default)]
+pub struct Stats {
+    pub requested_max: AtomicU32,
+    pub clamped: AtomicU32,
+    pub threads_created: AtomicU64,
+    pub threads_live: AtomicU64,
+    pub threads_peak: AtomicU64,
+    pub regions: AtomicU64,
+    pub team_sum: AtomicU64,
+    pub cut: AtomicU64,
+}
+
+impl Stats {
+    pub fn note_request(&self, n: u32) {
+        self.requested_max.fetch_max(n, Relaxed);
+    }
+}
+
+/// One loaded copy of a runtime.
+pub struct Copy {
+    pub imp: Impl,
+    /// Load base (`dlpi_addr`): identifies the object.
+    pub base: usize,
+    path: [u8; PATH_LEN],
+    path_len: usize,
+    /// Our `dlopen(RTLD_NOLOAD)` reference. Kept on purpose: it pins the copy,
+    /// so the function pointers below stay valid even if the host dlcloses it.
+    _handle: usize,
+    get: usize,
+    set: usize,
+    budget_applied: AtomicBool,
+    pub stats: Stats,
+}
+
+impl Copy {
+    pub fn path(&self) -> &[u8] {
+        &self.path[..self.path_len]
+    }
+
+    /// The copy's own thread count, from its get function.
+    pub fn get_threads(&self) -> Option<i64> {
+        if self.get == 0 {
+            return None;
+        }
+        // SAFETY: `get` was resolved by dlsym from this copy's table row, whose
+        // signature is known per runtime kind; the copy is pinned (see _handle).
+        unsafe {
+            Some(match self.imp {
+                Impl::Blis => core::mem::transmute::<usize, extern "C" fn() -> i64>(self.get)(),
+                _ => i64::from(core::mem::transmute::<usize, extern "C" fn() -> c_int>(self.get)()),
+            })
+        }
+    }
+
+    /// Sets the copy's thread count through its own set function.
+    pub fn set_threads(&self, n: u32) {
+        if self.set == 0 {
+            return;
+        }
+        // SAFETY: as in get_threads.
+        unsafe {
+            match self.imp {
+                Impl::Blis => core::mem::transmute::<usize, extern "C" fn(i64)>(self.set)(i64::from(n)),
+                _ => core::mem::transmute::<usize, extern "C" fn(c_int)>(self.set)(n as c_int),
+            }
+        }
+    }
+}
+
+struct Registry {
+    slots: [UnsafeCell<MaybeUninit<Copy>>; MAX_COPIES],
+    count: AtomicUsize,
+    /// Writer flag. A plain flag, not a mutex, so the atfork child handler can
+    /// clear it: the thread that held it does not exist in the child, and a
+    /// half-written slot is invisible because `count` was not bumped.
+    writer: AtomicBool,
+    /// The loader's `dlpi_adds` when we last scanned.
+    seen_adds: AtomicU64,
+}
+
+// SAFETY: slots are written only under `writer` and before `count` publishes
+// them; published slots are never written again except through atomics.
+unsafe impl Sync for Registry {}
+
+static REGISTRY: Registry = Registry {
+    slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; MAX_COPIES],
+    count: AtomicUsize::new(0),
+    writer: AtomicBool::new(false),
+    seen_adds: AtomicU64::new(0),
+};
+
+/// All published copies.
+pub fn copies() -> impl Iterator<Item = (usize, &'static Copy)> {
+    let n = REGISTRY.count.load(Acquire);
+    // SAFETY: slots below `count` were fully written before publication.
+    (0..n).map(|i| (i, unsafe { (*REGISTRY.slots[i].get()).assume_init_ref() }))
+}
+
+pub fn copy(index: usize) -> Option<&'static Copy> {
+    if index < REGISTRY.count.load(Acquire) {
+        // SAFETY: as in `copies`.
+        Some(unsafe { (*REGISTRY.slots[index].get()).assume_init_ref() })
+    } else {
+        None
+    }
+}
+
+fn index_of_base(base: usize) -> Option<usize> {
+    copies().find(|(_, c)| c.base == base).map(|(i, _)| i)
+}
+
+/// For the atfork child handler: only clears a flag (see `Registry::writer`).
+pub fn reset_writer_in_child() {
+    REGISTRY.writer.store(false, Relaxed);
+}
+
+/// The loader's count of objects ever loaded.
+fn loader_adds() -> u64 {
+    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: glibc passes a valid info; `data` is our u64.
+        unsafe { *(data as *mut u64) = (*info).dlpi_adds };
+        1
+    }
+    let mut adds: u64 = 0;
+    // SAFETY: the callback only reads the info it is given.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&mut adds as *mut u64).cast()) };
+    adds
+}
+
+struct Candidate {
+    base: usize,
+    path: StackBuf<PATH_LEN>,
+    row: &'static Row,
+}
+
+struct Scan {
+    found: [MaybeUninit<Candidate>; 32],
+    n: usize,
+}
+
+/// Finds runtime copies loaded since the last scan. Cheap when nothing was
+/// loaded (one `dl_iterate_phdr` step). Never calls into a runtime, so it is
+/// safe from any hook, including `pthread_create` inside a runtime's own init.
+pub fn refresh() {
+    let adds = loader_adds();
+    if adds == REGISTRY.seen_adds.load(Acquire) {
+        return;
+    }
+    if REGISTRY.writer.swap(true, Acquire) {
+        return; // Another thread is scanning; our caller can proceed without.
+    }
+    REGISTRY.seen_adds.store(adds, Release);
+
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: glibc passes a valid info; `data` is our Scan.
+        let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
+        if info.dlpi_name.is_null() || scan.n == scan.found.len() {
+            return 0;
+        }
+        // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
+        let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes();
+        let base = info.dlpi_addr as usize;
+        if let Some(row) = row_for_path(name) {
+            if index_of_base(base).is_none() {
+                let mut path = StackBuf::new();
+                path.push_bytes(name);
+                if !path.truncated {
+                    scan.found[scan.n].write(Candidate { base, path, row });
+                    scan.n += 1;
+                }
+            }
+        }
+        0
+    }
+    let mut scan = Scan { found: [const { MaybeUninit::uninit() }; 32], n: 0 };
+    // SAFETY: the callback writes only into `scan`. No dlopen inside it: the
+    // loader's list lock is held there.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut scan as *mut Scan).cast()) };
+    for i in 0..scan.n {
+        // SAFETY: the first `n` entries were written by the callback.
+        let mut c = unsafe { scan.found[i].assume_init_read() };
+        register(c.base, &mut c.path, c.row);
+    }
+    REGISTRY.writer.store(false, Release);
+}
+
+/// Confirms and publishes one copy. Caller holds the writer flag.
+fn register(base: usize, path: &mut StackBuf<PATH_LEN>, row: &'static Row) -> Option<usize> {
+    let n = REGISTRY.count.load(Relaxed);
+    if n == MAX_COPIES || index_of_base(base).is_some() {
+        return None;
+    }
+    let cpath = path.as_cstr()?;
+    // SAFETY: NOLOAD never loads or initialises anything; it returns a handle
+    // to an object already mapped (or NULL), which we keep to pin the copy.
+    let handle = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    if handle.is_null() {
+        return None;
+    }
+    let sym = |names: &[&CStr]| -> usize {
+        names
+            .iter()
+            // SAFETY: dlsym on a valid handle with a NUL-terminated name.
+            .map(|s| unsafe { libc::dlsym(handle, s.as_ptr()) } as usize)
+            .find(|p| *p != 0 && owner_base(*p) == Some(base))
+            .unwrap_or(0)
+    };
+    if sym(row.confirm) == 0 {
+        // SAFETY: dropping the reference we just took.
+        unsafe { libc::dlclose(handle) };
+        return None;
+    }
+    let mut copy = Copy {
+        imp: row.imp,
+        base,
+        path: [0; PATH_LEN],
+        path_len: path.len(),
+        _handle: handle as usize,
+        get: sym(row.get),
+        set: sym(row.set),
+        budget_applied: AtomicBool::new(false),
+        stats: Stats::default(),
+    };
+    copy.path[..path.len()].copy_from_slice(path.as_bytes());
+    // SAFETY: slot `n` is unpublished and we hold the writer flag.
+    unsafe { (*REGISTRY.slots[n].get()).write(copy) };
+    REGISTRY.count.store(n + 1, Release);
+    info!(
+        "runtime_found impl={} kind={} path={}",
+        row.imp.name(),
+        row.imp.kind().name(),
+        Quoted(path.as_bytes())
+    );
+    crate::conflicts::check_new(n);
+    Some(n)
+}
+
+/// The load base of the object containing `addr`.
+pub fn owner_base(addr: usize) -> Option<usize> {
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables and fills `info`.
+    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 {
+        return None;
+    }
+    Some(info.dli_fbase as usize)
+}
+
+/// The registered copy that contains `addr`, if any (for attribution).
+pub fn copy_containing(addr: usize) -> Option<usize> {
+    let base = owner_base(addr)?;
+    index_of_base(base)
+}
+
+/// Lowers a copy's thread count to the budget if it is above it. Only call
+/// where calling into the runtime is safe: never from `pthread_create` (the
+/// runtime may be inside its own initialisation, holding its own locks).
+pub fn apply_budget(copy: &Copy, budget: u32, why: &str) {
+    if copy.budget_applied.swap(true, AcqRel) {
+        return;
+    }
+    if let Some(cur) = copy.get_threads() {
+        if cur > i64::from(budget) {
+            copy.set_threads(budget);
+            copy.stats.clamped.fetch_add(1, Relaxed);
+            info!(
+                "clamp impl={} path={} from={} to={} by={}",
+                copy.imp.name(),
+                Quoted(copy.path()),
+                cur,
+                budget,
+                why
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forwarding: which real function a caller would have bound to.
+// ---------------------------------------------------------------------------
+
+/// Where a hooked call goes: the real function and the copy that defines it.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub real: usize,
+    pub copy: Option<usize>,
+}
+
+const CACHE_SLOTS: usize = 4096;
+const PROBES: usize = 16;
+const BUSY: usize = usize::MAX;
+
+struct CacheSlot {
+    key: AtomicUsize,
+    real: AtomicUsize,
+    copy: AtomicUsize,
+}
+
+/// (call site, hook) -> target. Call sites are few and fixed (one per
+/// `#pragma omp parallel` or setter call in the binary), so a small open-addressed
+/// table of atomics keeps the hot path at one hash and one load. A full table
+/// only costs speed: the slow path is always correct.
+static CACHE: [CacheSlot; CACHE_SLOTS] = [const {
+    CacheSlot { key: AtomicUsize::new(0), real: AtomicUsize::new(0), copy: AtomicUsize::new(0) }
+}; CACHE_SLOTS];
+
+fn cache_key(ret: usize, hook: u8) -> usize {
+    // User-space addresses fit in 48 bits; the hook id takes the top byte.
+    (ret & 0x0000_ffff_ffff_ffff) | (usize::from(hook) << 56) | (1 << 55)
+}
+
+fn slot_of(key: usize) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % CACHE_SLOTS
+}
+
+/// The target for a call of hook `hook` (exported as `name`) whose return
+/// address is `ret`.
+pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
+    let key = cache_key(ret, hook);
+    let start = slot_of(key);
+    for i in 0..PROBES {
+        let s = &CACHE[(start + i) % CACHE_SLOTS];
+        let k = s.key.load(Acquire);
+        if k == key {
+            let copy = s.copy.load(Relaxed);
+            return Some(Target { real: s.real.load(Relaxed), copy: copy.checked_sub(1) });
+        }
+        if k == 0 {
+            break;
+        }
+    }
+    let target = resolve_slow(ret, name)?;
+    for i in 0..PROBES {
+        let s = &CACHE[(start + i) % CACHE_SLOTS];
+        if s.key.compare_exchange(0, BUSY, Acquire, Relaxed).is_ok() {
+            s.real.store(target.real, Relaxed);
+            s.copy.store(target.copy.map_or(0, |c| c + 1), Relaxed);
+            s.key.store(key, Release);
+            break;
+        }
+    }
+    Some(target)
+}
+
+fn our_base() -> usize {
+    static BASE: AtomicUsize = AtomicUsize::new(0);
+    let b = BASE.load(Relaxed);
+    if b != 0 {
+        return b;
+    }
+    let b = owner_base(our_base as *const () as usize).unwrap_or(1);
+    BASE.store(b, Relaxed);
+    b
+}
+
+fn resolve_slow(ret: usize, name: &CStr) -> Option<Target> {
+    refresh();
+    let mut real: usize = 0;
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables.
+    if ret != 0 && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        // The caller's own scope: its object and its dependencies, which is
+        // where a privately loaded (RTLD_LOCAL) runtime copy is visible.
+        // SAFETY: NOLOAD maps nothing new; the handle is closed right away (the
+        // caller object stays loaded: it is executing this call).
+        let h = unsafe { libc::dlopen(info.dli_fname as *const c_char, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+        if !h.is_null() {
+            // SAFETY: valid handle and name.
+            real = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
+            // SAFETY: releases the reference taken above.
+            unsafe { libc::dlclose(h) };
+        }
+    }
+    if real == 0 || owner_base(real) == Some(our_base()) {
+        // The caller sees the global scope (the main program, or the caller's
+        // own scope led back to us): the next definition after the preload.
+        // SAFETY: RTLD_NEXT lookup of a NUL-terminated name.
+        real = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    }
+    if real == 0 {
+        debug!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
+        return None;
+    }
+    let copy = owner_base(real).and_then(|b| index_of_base(b).or_else(|| register_owner(real, b)));
+    Some(Target { real, copy })
+}
+
+/// Registers the object defining `addr` if its file name matches a row (a copy
+/// that the last scan did not see yet, e.g. loaded a moment ago).
+fn register_owner(addr: usize, base: usize) -> Option<usize> {
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables.
+    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    // SAFETY: dli_fname is a NUL-terminated loader string.
+    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
+    let row = row_for_path(name)?;
+    if REGISTRY.writer.swap(true, Acquire) {
+        return None;
+    }
+    let mut path = StackBuf::new();
+    path.push_bytes(name);
+    let r = if path.truncated { None } else { register(base, &mut path, row) };
+    REGISTRY.writer.store(false, Release);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_pick_rows() {
+        let imp = |p: &str| row_for_path(p.as_bytes()).map(|r| r.imp);
+        assert_eq!(imp("/usr/lib/x86_64-linux-gnu/libgomp.so.1"), Some(Impl::Libgomp));
+        assert_eq!(imp("/v/scikit_learn.libs/libgomp-a34b3233.so.1.0.0"), Some(Impl::Libgomp));
+        assert_eq!(imp("/usr/lib/llvm-14/lib/libomp.so.5"), Some(Impl::Libomp));
+        assert_eq!(imp("/v/lib/libiomp5.so"), Some(Impl::Libiomp));
+        assert_eq!(imp("/v/numpy.libs/libscipy_openblas64_-ff651d7f.so"), Some(Impl::Openblas));
+        assert_eq!(imp("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"), Some(Impl::Openblas));
+        assert_eq!(imp("/opt/intel/lib/libmkl_rt.so.2"), Some(Impl::Mkl));
+        assert_eq!(imp("/usr/lib/libblis.so.4"), Some(Impl::Blis));
+        assert_eq!(imp("/usr/lib/libflexiblas.so.3"), Some(Impl::Flexiblas));
+        assert_eq!(imp("/usr/lib/libgompfoo/libc.so.6"), None);
+        assert_eq!(imp("/usr/lib/libompressor.so"), Some(Impl::Libomp)); // confirmed later by symbols
+    }
+
+    #[test]
+    fn cache_keys_separate_hooks_at_one_call_site() {
+        // ctypes calls every foreign function from one call instruction.
+        assert_ne!(cache_key(0x7f00_1234_5678, 1), cache_key(0x7f00_1234_5678, 2));
+        assert_ne!(cache_key(0x7f00_1234_5678, 0), 0);
+    }
+}
