@@ -1,1 +1,10 @@
+//! End-to-end tests: real runtimes (libgomp, libomp, libiomp5, Debian's and
+//! numpy's OpenBLAS, CPython) under the real shim, each in its own process with
+//! a timeout. `scripts/test` builds the shim and installs what these need.
 
+mod support;
+
+mod budget_and_setters;
+mod fork_after_gomp;
+mod python;
+mod reports;

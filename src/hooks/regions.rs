@@ -53,6 +53,8 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
         if let Some((i, c)) = copy {
             if fork::serial_here(i) {
                 fork::child_region(c, name);
+                c.stats.regions.fetch_add(1, Relaxed);
+                c.stats.team_sum.fetch_add(1, Relaxed);
                 return Entry { real: target.real, team: 1, extras: 0 };
             }
         }

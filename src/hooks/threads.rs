@@ -147,11 +147,11 @@ unsafe extern "C" fn pthread_create_hook(
 }
 trampoline!(pthread_create => pthread_create_hook);
 
-/// In a forked child only the forking thread exists: live counts restart from
-/// what the child really has (its one thread, counted nowhere).
+/// In a forked child only the forking thread exists and the report describes
+/// the child: every counter restarts (the thread itself is counted nowhere).
 pub fn reset_in_child() {
-    OTHER.threads_live.store(0, Relaxed);
+    OTHER.reset();
     for (_, c) in runtime::copies() {
-        c.stats.threads_live.store(0, Relaxed);
+        c.stats.reset();
     }
 }

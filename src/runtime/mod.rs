@@ -116,6 +116,17 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// A forked child describes itself: counters restart there (atomic stores
+    /// only, so this is fine in the atfork child handler).
+    pub fn reset(&self) {
+        for a in [&self.requested_max, &self.clamped] {
+            a.store(0, Relaxed);
+        }
+        for a in [&self.threads_created, &self.threads_live, &self.threads_peak, &self.regions, &self.team_sum, &self.cut] {
+            a.store(0, Relaxed);
+        }
+    }
+
     pub fn note_request(&self, n: u32) {
         self.requested_max.fetch_max(n, Relaxed);
     }
