@@ -5,6 +5,7 @@
 mod support;
 
 mod budget_and_setters;
+mod cli;
 mod fork_after_gomp;
 mod python;
 mod reports;
