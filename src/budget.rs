@@ -20,6 +20,14 @@ pub enum Source {
 }
 
 impl Source {
+    pub fn from_code(c: u32) -> Source {
+        match c {
+            0 => Source::Env,
+            2 => Source::Cgroup,
+            _ => Source::Affinity,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Source::Env => "env",

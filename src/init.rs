@@ -8,6 +8,7 @@
 
 use crate::budget::{self, Budget, Source};
 use crate::config::{self, ForkPolicy};
+use crate::ledger;
 use crate::stackbuf::Quoted;
 use core::sync::atomic::{AtomicU8, Ordering::*};
 use log::{info, warn};
@@ -25,6 +26,9 @@ pub struct Settings {
     pub fork: ForkPolicy,
     pub report: Option<Vec<u8>>,
     pub report_signal: Option<libc::c_int>,
+    /// Kept for the report and for later decisions by scope.
+    #[allow(dead_code)]
+    pub scope: ledger::Scope,
 }
 
 thread_local! {
@@ -70,6 +74,7 @@ fn fallback_settings() -> Settings {
         fork: ForkPolicy::Serial,
         report: None,
         report_signal: None,
+        scope: ledger::Scope::Process,
     }
 }
 
@@ -136,15 +141,38 @@ fn read_settings() -> Settings {
         s
     });
 
+    let scope = match config::getenv(c"PARBUDGET_SCOPE") {
+        None => ledger::Scope::Tree,
+        Some(v) => match v.as_bytes().trim_ascii() {
+            b"tree" => ledger::Scope::Tree,
+            b"process" => ledger::Scope::Process,
+            _ => {
+                warn!(
+                    "bad_env var=PARBUDGET_SCOPE value={} using=tree reason=\"expected tree or process\"",
+                    Quoted(v.as_bytes())
+                );
+                ledger::Scope::Tree
+            }
+        },
+    };
+    let (cores, adopted) = ledger::setup(scope, budget.cores, budget.source as u32, budget.source == Source::Env);
+    let budget = match adopted {
+        Some(src) => Budget { cores, source: Source::from_code(src) },
+        None => budget,
+    };
+    if adopted.is_some() {
+        info!("budget_adopted cores={} from=ledger", budget.cores);
+    }
+
     crate::exportenv::export(budget.cores);
-    Settings { budget, fork, report, report_signal }
+    if scope == ledger::Scope::Tree {
+        crate::exportenv::export_spin();
+    }
+    Settings { budget, fork, report, report_signal, scope }
 }
 
 /// Work that may log or touch the registry, done once settings are published.
 fn after_ready() {
-    if let Some(s) = SETTINGS.get() {
-        crate::hooks::regions::LEDGER.reset(s.budget.cores, 0);
-    }
     crate::runtime::refresh();
     crate::hooks::fork::install_atfork();
 }

@@ -293,8 +293,19 @@ pub fn write_now() {
     write_to_destination(s, dest);
 }
 
-extern "C" fn at_exit() {
+/// Leaving the process: the report, then our ledger share back. Never in a
+/// vfork child (it shares our memory, our slot included).
+fn on_exit() {
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } != KNOWN_PID.load(Relaxed) {
+        return;
+    }
     write_now();
+    crate::ledger::at_exit();
+}
+
+extern "C" fn at_exit() {
+    crate::hooks::fenced((), on_exit);
 }
 
 static OLD_ACTION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
@@ -322,10 +333,9 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
 
 /// Registers the exit report and the signal report. Called from our constructor.
 pub fn install(s: &Settings) {
-    if s.report.is_some() {
-        // SAFETY: registering a plain extern "C" function.
-        unsafe { libc::atexit(at_exit) };
-    }
+    // Always: the exit handler also gives the ledger share back.
+    // SAFETY: registering a plain extern "C" function.
+    unsafe { libc::atexit(at_exit) };
     if let Some(sig) = s.report_signal {
         // SAFETY: installs a SA_SIGINFO handler, keeping the old action to chain.
         unsafe {
@@ -346,7 +356,7 @@ redhook::hook! {
     unsafe fn _exit(status: libc::c_int) => parbudget_exit {
         // Python's multiprocessing children end with os._exit: write their
         // report here, since atexit handlers do not run.
-        crate::hooks::fenced((), write_now);
+        crate::hooks::fenced((), on_exit);
         unsafe { redhook::real!(_exit)(status) }
     }
 }

@@ -6,6 +6,7 @@
 
 use core::fmt;
 
+#[derive(Clone)]
 pub struct StackBuf<const N: usize> {
     buf: [u8; N],
     len: usize,

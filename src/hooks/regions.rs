@@ -4,16 +4,13 @@
 //! ledger: the caller plus the extra workers free right now.
 
 use super::{fenced, fork, take_caller, trampoline};
-use crate::ledger::{self, Ledger};
+use crate::ledger;
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
 use core::ffi::{CStr, c_long, c_uint, c_void};
 use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, error};
-
-/// The process's ledger of extra workers (see `ledger`).
-pub static LEDGER: Ledger = Ledger::new();
 
 thread_local! {
     /// Extras this thread holds for regions it is master of.
@@ -65,7 +62,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             n => n,
         };
         let want = asked.clamp(1, budget);
-        let extras = LEDGER.acquire(want - 1);
+        let extras = ledger::acquire(want - 1);
         HELD.with(|h| h.set(h.get() + extras));
         let team = ledger::team(extras);
         if let Some((i, c)) = copy {
@@ -85,7 +82,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             copy.map_or("unknown", |(_, c)| c.imp.name()),
             asked,
             team,
-            LEDGER.free()
+            ledger::free()
         );
         Entry { real: target.real, team, extras }
     })
@@ -94,7 +91,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
 fn leave(extras: u32) {
     if extras > 0 {
         HELD.with(|h| h.set(h.get().saturating_sub(extras)));
-        LEDGER.release(extras);
+        ledger::release(extras);
     }
 }
 

@@ -1,0 +1,412 @@
+//! The ledger shared by the processes of one tree, in POSIX shared memory.
+//!
+//! Layout: a header (magic, version, size, budget, a process-shared robust
+//! mutex, the free count) and one slot per member process (pid, its start
+//! time, the extras it holds). Every change happens under the mutex, so
+//! `free + sum(held) == extras` holds whenever the mutex is free.
+//!
+//! Dying members. The mutex is robust: if a member dies holding it, the next
+//! locker gets EOWNERDEAD and rebuilds `free` from the slots of live members.
+//! A member that dies between regions leaves `held` in its slot: when a
+//! request cannot be met, the slots of dead members (no /proc entry, a zombie,
+//! or a reused pid with another start time) are reclaimed. So a SIGKILL loses
+//! nothing and leaks nothing.
+//!
+//! Trust. The segment is created 0600 with O_EXCL; before use it must be a
+//! regular file owned by us with no group/other bits, of exactly our size,
+//! with our magic and version, and with counts within bounds. Anything else:
+//! the process falls back to a private ledger with a warning.
+//!
+//! Joining. The creator exports PARBUDGET_LEDGER=<name>; forked children keep
+//! the mapping, exec'd children open the name. Unrelated processes join by
+//! setting the same PARBUDGET_LEDGER (a name of their choosing, e.g.
+//! `/parbudget-myjob`); the first one creates it.
+
+use crate::stackbuf::{Quoted, StackBuf};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use log::{debug, info, warn};
+
+const MAGIC: u64 = u64::from_le_bytes(*b"PBLEDGR1");
+const VERSION: u32 = 1;
+pub const SLOTS: usize = 512;
+
+#[repr(C)]
+struct Slot {
+    pid: AtomicI32,
+    held: AtomicU32,
+    start_time: AtomicU64,
+}
+
+#[repr(C)]
+struct Header {
+    magic: u64,
+    version: u32,
+    size: u32,
+    budget: u32,
+    source: u32,
+    creator: i32,
+    _pad: u32,
+    lock: UnsafeCell<libc::pthread_mutex_t>,
+    free: AtomicU32,
+    extras: AtomicU32,
+    slots: [Slot; SLOTS],
+}
+
+const SIZE: usize = core::mem::size_of::<Header>();
+
+/// The mapped ledger (0 = none) and this process's slot (usize::MAX = none yet).
+static MAP: AtomicUsize = AtomicUsize::new(0);
+static MY_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Last reclaim scan (CLOCK_MONOTONIC_COARSE ms), to rate-limit /proc reads.
+static LAST_SCAN_MS: AtomicU64 = AtomicU64::new(0);
+
+fn header() -> Option<&'static Header> {
+    let p = MAP.load(Acquire);
+    // SAFETY: a non-zero MAP is a validated, never-unmapped mapping of SIZE bytes.
+    (p != 0).then(|| unsafe { &*(p as *const Header) })
+}
+
+/// The budget stored in the ledger (the tree's budget), if attached.
+pub fn budget() -> Option<(u32, u32)> {
+    header().map(|h| (h.budget, h.source))
+}
+
+/// Holds the ledger's mutex; on EOWNERDEAD repairs the books first.
+struct Locked(&'static Header);
+
+impl Locked {
+    fn new(h: &'static Header) -> Option<Locked> {
+        // SAFETY: the mutex lives in the validated mapping and was initialised
+        // process-shared and robust by the creator.
+        let r = unsafe { libc::pthread_mutex_lock(h.lock.get()) };
+        match r {
+            0 => Some(Locked(h)),
+            libc::EOWNERDEAD => {
+                // A member died inside its critical section: its slot may be
+                // half-updated. Dead members' slots go; free is recomputed.
+                reclaim_dead(h, true);
+                // SAFETY: we own the mutex; the state is consistent again.
+                unsafe { libc::pthread_mutex_consistent(h.lock.get()) };
+                warn!("ledger_repaired reason=\"a member died holding the ledger lock\"");
+                Some(Locked(h))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: we hold the mutex.
+        unsafe { libc::pthread_mutex_unlock(self.0.lock.get()) };
+    }
+}
+
+/// Reads `/proc/<pid>/stat`: (state, start time). `None`: no such process.
+fn proc_stat(pid: i32) -> Option<(u8, u64)> {
+    let mut path = StackBuf::<64>::new();
+    let _ = write!(path, "/proc/{pid}/stat");
+    let mut buf = [0u8; 1024];
+    let text = crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf)?;
+    // The command name is in parentheses and may hold spaces: parse after the last ')'.
+    let close = text.iter().rposition(|b| *b == b')')?;
+    let mut fields = text[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty());
+    let state = *fields.next()?.first()?;
+    // starttime is field 22 overall; field 3 (state) was the first after ')'.
+    let start = fields.nth(18)?;
+    let n = start.iter().take_while(|b| b.is_ascii_digit()).fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((state, n))
+}
+
+fn alive(pid: i32, start: u64) -> bool {
+    match proc_stat(pid) {
+        None => false,
+        Some((b'Z' | b'X' | b'x', _)) => false,
+        Some((_, st)) => st == start,
+    }
+}
+
+/// Clears dead members' slots and gives their extras back. With `rebuild`
+/// (after EOWNERDEAD), `free` is recomputed from the live slots instead.
+/// Caller holds the mutex.
+fn reclaim_dead(h: &Header, rebuild: bool) {
+    let extras = h.extras.load(Relaxed);
+    let mut live_held: u32 = 0;
+    let mut freed: u32 = 0;
+    for s in &h.slots {
+        let pid = s.pid.load(Relaxed);
+        if pid == 0 {
+            continue;
+        }
+        if alive(pid, s.start_time.load(Relaxed)) {
+            live_held = live_held.saturating_add(s.held.load(Relaxed));
+        } else {
+            let held = s.held.swap(0, Relaxed);
+            s.pid.store(0, Relaxed);
+            freed += held;
+            if held > 0 {
+                info!("ledger_reclaimed pid={} extras={}", pid, held);
+            }
+        }
+    }
+    if rebuild {
+        h.free.store(extras.saturating_sub(live_held), Relaxed);
+    } else {
+        let f = h.free.load(Relaxed);
+        h.free.store((f + freed).min(extras), Relaxed);
+    }
+}
+
+fn now_ms() -> u64 {
+    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: fills ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+fn my_start_time() -> u64 {
+    // SAFETY: getpid has no preconditions.
+    proc_stat(unsafe { libc::getpid() }).map_or(0, |(_, s)| s)
+}
+
+/// This process's slot, claimed on first use. Caller holds the mutex.
+fn my_slot(h: &Header) -> Option<&Slot> {
+    let i = MY_SLOT.load(Relaxed);
+    if i < SLOTS {
+        return Some(&h.slots[i]);
+    }
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let start = my_start_time();
+    let mut pick = None;
+    for pass in 0..2 {
+        pick = h.slots.iter().position(|s| s.pid.load(Relaxed) == 0);
+        if pick.is_some() || pass == 1 {
+            break;
+        }
+        reclaim_dead(h, false);
+    }
+    let i = pick?;
+    let s = &h.slots[i];
+    s.held.store(0, Relaxed);
+    s.start_time.store(start, Relaxed);
+    s.pid.store(pid, Relaxed);
+    MY_SLOT.store(i, Relaxed);
+    Some(s)
+}
+
+/// Takes up to `want` extras. `None` if the shared ledger is not in use.
+pub fn acquire(want: u32) -> Option<u32> {
+    let h = header()?;
+    let l = Locked::new(h)?;
+    let Some(slot) = my_slot(l.0) else {
+        return Some(0); // no free slot: run teams of one rather than overspend
+    };
+    let mut free = h.free.load(Relaxed);
+    if free < want {
+        // Rate-limited: a dead member's extras come back within ~50 ms.
+        let now = now_ms();
+        let last = LAST_SCAN_MS.load(Relaxed);
+        if last == 0 || now.saturating_sub(last) >= 50 {
+            LAST_SCAN_MS.store(now.max(1), Relaxed);
+            reclaim_dead(h, false);
+            free = h.free.load(Relaxed);
+        }
+    }
+    let take = free.min(want);
+    h.free.store(free - take, Relaxed);
+    slot.held.fetch_add(take, Relaxed);
+    Some(take)
+}
+
+/// Gives back up to `n` extras held by this process. Never more than the
+/// slot holds: a forked child releasing a grant its parent took is a no-op.
+pub fn release(n: u32) -> bool {
+    let Some(h) = header() else { return false };
+    let Some(l) = Locked::new(h) else { return true };
+    let i = MY_SLOT.load(Relaxed);
+    if i < SLOTS {
+        let s = &l.0.slots[i];
+        let d = s.held.load(Relaxed).min(n);
+        s.held.store(s.held.load(Relaxed) - d, Relaxed);
+        h.free.store((h.free.load(Relaxed) + d).min(h.extras.load(Relaxed)), Relaxed);
+    }
+    true
+}
+
+/// At exit: give back everything and free the slot.
+pub fn leave_tree() {
+    let Some(h) = header() else { return };
+    let i = MY_SLOT.swap(usize::MAX, Relaxed);
+    if i >= SLOTS {
+        return;
+    }
+    if let Some(l) = Locked::new(h) {
+        let s = &l.0.slots[i];
+        let held = s.held.swap(0, Relaxed);
+        h.free.store((h.free.load(Relaxed) + held).min(h.extras.load(Relaxed)), Relaxed);
+        s.pid.store(0, Relaxed);
+    }
+}
+
+/// In a forked child (atfork handler): the child has no slot yet. Flag only.
+pub fn forget_slot_in_child() {
+    MY_SLOT.store(usize::MAX, Relaxed);
+}
+
+pub fn free_now() -> Option<u32> {
+    header().map(|h| h.free.load(Relaxed))
+}
+
+/// Why the shared ledger could not be used.
+pub enum Refused {
+    Open(i32),
+    NotPrivate,
+    WrongSize(i64),
+    BadHeader,
+    BudgetDiffers(u32),
+}
+
+impl core::fmt::Display for Refused {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Refused::Open(e) => write!(f, "cannot open or create it (errno {e})"),
+            Refused::NotPrivate => f.write_str("not a regular file owned by this user with mode 0600"),
+            Refused::WrongSize(s) => write!(f, "wrong size {s}"),
+            Refused::BadHeader => f.write_str("bad magic, version or counts"),
+            Refused::BudgetDiffers(b) => write!(f, "it holds a budget of {b} cores"),
+        }
+    }
+}
+
+/// Opens (or creates) the ledger `name` for a budget of `cores`.
+pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<(), Refused> {
+    let mut n = StackBuf::<256>::new();
+    n.push_bytes(name);
+    let cname = n.as_cstr().ok_or(Refused::Open(libc::ENAMETOOLONG))?;
+    // SAFETY: shm_open with a NUL-terminated name; O_EXCL so we know if we created it.
+    let mut fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) };
+    let created = fd >= 0;
+    if !created {
+        // SAFETY: as above, opening an existing one.
+        fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
+    }
+    if fd < 0 {
+        // SAFETY: errno of this thread.
+        return Err(Refused::Open(unsafe { *libc::__errno_location() }));
+    }
+    let result = (|| {
+        if created {
+            // SAFETY: sizing our new segment.
+            if unsafe { libc::ftruncate(fd, SIZE as libc::off_t) } != 0 {
+                return Err(Refused::WrongSize(0));
+            }
+        }
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        // SAFETY: fstat fills st.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
+            return Err(Refused::NotPrivate);
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != me || st.st_mode & 0o077 != 0 {
+            return Err(Refused::NotPrivate);
+        }
+        if st.st_size as usize != SIZE {
+            return Err(Refused::WrongSize(st.st_size));
+        }
+        // SAFETY: mapping exactly SIZE bytes of a file we just checked is SIZE long.
+        let p = unsafe { libc::mmap(core::ptr::null_mut(), SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(Refused::Open(unsafe { *libc::__errno_location() }));
+        }
+        let h = p as *mut Header;
+        if created {
+            // SAFETY: a fresh zeroed mapping that only we know about yet: it is
+            // unreadable to others until the magic is written last.
+            unsafe {
+                (*h).version = VERSION;
+                (*h).size = SIZE as u32;
+                (*h).budget = cores;
+                (*h).source = source;
+                (*h).creator = libc::getpid();
+                let mut attr: libc::pthread_mutexattr_t = core::mem::zeroed();
+                libc::pthread_mutexattr_init(&mut attr);
+                libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
+                libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
+                libc::pthread_mutex_init((*h).lock.get(), &attr);
+                libc::pthread_mutexattr_destroy(&mut attr);
+                (*h).extras.store(cores.saturating_sub(1), Relaxed);
+                (*h).free.store(cores.saturating_sub(1), Relaxed);
+                core::ptr::write_volatile(&mut (*h).magic, MAGIC);
+            }
+        } else {
+            // Another process may be creating it this instant: wait briefly for the magic.
+            let mut ok = false;
+            for _ in 0..200 {
+                // SAFETY: reading the mapped header.
+                if unsafe { core::ptr::read_volatile(&(*h).magic) } == MAGIC {
+                    ok = true;
+                    break;
+                }
+                // SAFETY: plain sleep.
+                unsafe { libc::usleep(1000) };
+            }
+            // SAFETY: reading the mapped header for validation.
+            let hr = unsafe { &*h };
+            let extras = hr.extras.load(Relaxed);
+            if !ok || hr.version != VERSION || hr.size as usize != SIZE || hr.budget == 0 || hr.budget > crate::budget::MAX_CORES || extras != hr.budget - 1 || hr.free.load(Relaxed) > extras {
+                // SAFETY: unmapping what we mapped.
+                unsafe { libc::munmap(p, SIZE) };
+                return Err(Refused::BadHeader);
+            }
+            if hr.budget != cores {
+                let b = hr.budget;
+                // SAFETY: unmapping what we mapped.
+                unsafe { libc::munmap(p, SIZE) };
+                return Err(Refused::BudgetDiffers(b));
+            }
+        }
+        MAP.store(p as usize, Release);
+        Ok(())
+    })();
+    // SAFETY: the mapping outlives the descriptor.
+    unsafe { libc::close(fd) };
+    if result.is_ok() {
+        if created {
+            info!("ledger_created name={} cores={} bytes={}", Quoted(name), cores, SIZE);
+        } else {
+            debug!("ledger_joined name={}", Quoted(name));
+        }
+    }
+    result
+}
+
+/// True if this process created the ledger (it unlinks the name at exit).
+pub fn created_here() -> bool {
+    // SAFETY: getpid has no preconditions.
+    header().is_some_and(|h| h.creator == unsafe { libc::getpid() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_reads_our_state_and_start_time() {
+        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
+        assert!(state == b'R' || state == b'S');
+        assert!(start > 0);
+        assert!(alive(std::process::id() as i32, start));
+        assert!(!alive(std::process::id() as i32, start + 1), "a reused pid has another start time");
+        assert!(proc_stat(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn header_fits_u32_size() {
+        assert!(SIZE < u32::MAX as usize);
+        assert!(SIZE > SLOTS * 16);
+    }
+}
