@@ -7,5 +7,6 @@ mod support;
 mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;
+mod ledger;
 mod python;
 mod reports;

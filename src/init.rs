@@ -155,13 +155,13 @@ fn read_settings() -> Settings {
             }
         },
     };
-    let (cores, adopted) = ledger::setup(scope, budget.cores, budget.source as u32, budget.source == Source::Env);
+    let (cores, adopted) = ledger::setup(scope, budget.cores, budget.source as u32);
     let budget = match adopted {
         Some(src) => Budget { cores, source: Source::from_code(src) },
         None => budget,
     };
     if adopted.is_some() {
-        info!("budget_adopted cores={} from=ledger", budget.cores);
+        info!("budget cores={} source={} via=tree", budget.cores, budget.source.name());
     }
 
     crate::exportenv::export(budget.cores);

@@ -13,7 +13,7 @@ use core::sync::atomic::Ordering::Relaxed;
 use log::{debug, error};
 
 thread_local! {
-    /// Extras this thread holds for regions it is master of.
+    /// Threads this thread holds in the ledger (itself and extras, per region).
     static HELD: Cell<u32> = const { Cell::new(0) };
     /// Grants of `GOMP_*_start` regions, returned by `GOMP_parallel_end`.
     static START_STACK: Cell<[u32; 16]> = const { Cell::new([0; 16]) };
@@ -26,10 +26,13 @@ pub fn held_here() -> u32 {
 
 /// A sized region: where to forward, with how many threads, and what to give
 /// back at the end.
+#[derive(Clone, Copy)]
 struct Entry {
     real: usize,
     team: c_uint,
     extras: u32,
+    /// Whether the ledger counted this region (leave must give it back).
+    counted: bool,
 }
 
 type Body = extern "C" fn(*mut c_void);
@@ -44,7 +47,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
         // SAFETY: abort has no preconditions; there is nothing to forward to.
         unsafe { libc::abort() };
     };
-    let passthrough = Entry { real: target.real, team: requested, extras: 0 };
+    let passthrough = Entry { real: target.real, team: requested, extras: 0, counted: false };
     fenced(passthrough, || {
         let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
         if let Some((i, c)) = copy {
@@ -52,18 +55,18 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
                 fork::child_region(c, name);
                 c.stats.regions.fetch_add(1, Relaxed);
                 c.stats.team_sum.fetch_add(1, Relaxed);
-                return Entry { real: target.real, team: 1, extras: 0 };
+                return Entry { real: target.real, team: 1, extras: 0, counted: false };
             }
         }
-        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0 } };
+        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0, counted: false } };
         let budget = s.budget.cores;
         let asked = match requested {
             0 => copy.and_then(|(_, c)| c.get_threads()).map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
             n => n,
         };
         let want = asked.clamp(1, budget);
-        let extras = ledger::acquire(want - 1);
-        HELD.with(|h| h.set(h.get() + extras));
+        let extras = ledger::enter(want - 1);
+        HELD.with(|h| h.set(h.get() + 1 + extras));
         let team = ledger::team(extras);
         if let Some((i, c)) = copy {
             c.stats.note_request(asked);
@@ -84,40 +87,41 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             team,
             ledger::free()
         );
-        Entry { real: target.real, team, extras }
+        Entry { real: target.real, team, extras, counted: true }
     })
 }
 
-fn leave(extras: u32) {
-    if extras > 0 {
-        HELD.with(|h| h.set(h.get().saturating_sub(extras)));
-        ledger::release(extras);
+/// Ends a region sized by `enter` (or passed through: `Entry::counted` false).
+fn leave(e: &Entry) {
+    if e.counted {
+        HELD.with(|h| h.set(h.get().saturating_sub(1 + e.extras)));
+        ledger::leave(e.extras);
     }
 }
 
-fn push_start(extras: u32) {
+/// Remembers a `_start` region's grant until its `GOMP_parallel_end`. Stored
+/// as extras + 1, with 0 meaning "not counted" (passed through).
+fn push_start(e: Entry) {
+    let code = if e.counted { e.extras + 1 } else { 0 };
     let d = START_DEPTH.with(|d| d.get());
     if d < 16 {
         START_STACK.with(|s| {
             let mut a = s.get();
-            a[d] = extras;
+            a[d] = code;
             s.set(a);
         });
         START_DEPTH.with(|x| x.set(d + 1));
     } else {
         // Deeper than we track: give the grant back now rather than leak it.
-        leave(extras);
+        leave(&e);
     }
 }
 
-fn pop_start() -> u32 {
+fn pop_start() -> Entry {
     let d = START_DEPTH.with(|d| d.get());
-    if d == 0 || d > 16 {
-        START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
-        return 0;
-    }
-    START_DEPTH.with(|x| x.set(d - 1));
-    START_STACK.with(|s| s.get()[d - 1])
+    let code = if d == 0 || d > 16 { 0 } else { START_STACK.with(|s| s.get()[d - 1]) };
+    START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
+    Entry { real: 0, team: 0, extras: code.saturating_sub(1), counted: code > 0 }
 }
 
 /// SAFETY (for every `call!` below): `real` was resolved by this very name in
@@ -134,7 +138,7 @@ macro_rules! region {
         unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
             let r = call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*);
-            leave(e.extras);
+            leave(&e);
             r
         }
         trampoline!($name => $body);
@@ -146,7 +150,7 @@ macro_rules! region_start {
     ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
         unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
-            push_start(e.extras);
+            push_start(e);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> (), f, data, e.team $(, $a)*);
         }
         trampoline!($name => $body);
@@ -185,7 +189,7 @@ unsafe extern "C" fn gomp_parallel_end() {
         unsafe { libc::abort() };
     };
     call!(t.real, fn() -> (), );
-    leave(pop_start());
+    leave(&pop_start());
 }
 trampoline!(GOMP_parallel_end => gomp_parallel_end);
 

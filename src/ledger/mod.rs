@@ -1,35 +1,34 @@
-//! The ledger of the budget: how many extra workers (beyond each caller's own
-//! thread) are free right now. A region's team is the caller plus the extras
-//! granted without blocking: never more than asked, never fewer than one.
-//! Grants go back when the region ends.
+//! The ledger of the budget: how many threads are working in regions right
+//! now, callers included. A region's team is its caller, always granted
+//! (never blocking, so nothing can deadlock on the ledger), plus the extra
+//! workers that still fit in the budget: never more than asked, never fewer
+//! than one. Everything goes back when the region ends.
 //!
-//! The caller's own thread is not counted: it is running anyway, and a team of
-//! one must always be possible without waiting (so nothing can deadlock on the
-//! ledger). With a budget of B, concurrent teams hold at most B-1 extras in all.
+//! Callers count because they run: four threads already in regions on a
+//! 2-core budget oversubscribe it with no extra worker at all, so none is
+//! granted; a lone caller gets the whole budget.
 
 pub mod shared;
 
 use crate::stackbuf::{Quoted, StackBuf};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU32, Ordering::*};
-use log::warn;
+use log::{info, warn};
 
 /// The per-process ledger: used with PARBUDGET_SCOPE=process, or when the
 /// shared one cannot be used.
 static LOCAL: Ledger = Ledger::new();
 
-/// Takes up to `want` extra workers for a region, from the tree's ledger if
-/// attached, else from this process's.
-pub fn acquire(want: u32) -> u32 {
-    if want == 0 {
-        return 0;
-    }
-    shared::acquire(want).unwrap_or_else(|| LOCAL.acquire(want))
+/// A caller enters a region wanting `want` extra workers: from the tree's
+/// ledger if attached, else from this process's. Returns the extras granted.
+pub fn enter(want: u32) -> u32 {
+    shared::enter(want).unwrap_or_else(|| LOCAL.enter(want))
 }
 
-pub fn release(n: u32) {
-    if n > 0 && !shared::release(n) {
-        LOCAL.release(n);
+/// The region entered with `extras` ended.
+pub fn leave(extras: u32) {
+    if !shared::leave(extras) {
+        LOCAL.leave(extras);
     }
 }
 
@@ -65,10 +64,11 @@ pub enum Scope {
     Process,
 }
 
-/// Sets up the ledger at init. Returns the budget to use: a process that
-/// joins a tree whose budget it did not choose itself (auto-detected) adopts
-/// the tree's. Called once, from init, before any region.
-pub fn setup(scope: Scope, cores: u32, source_code: u32, explicit: bool) -> (u32, Option<u32>) {
+/// Sets up the ledger at init and returns this process's team cap: its own
+/// budget, or the tree's when that is smaller (then with the tree's source).
+/// A member whose own budget is smaller (narrowed by taskset, or an explicit
+/// PARBUDGET_CORES) keeps it as its cap while counting in the tree's ledger.
+pub fn setup(scope: Scope, cores: u32, source_code: u32) -> (u32, Option<u32>) {
     LOCAL.reset(cores, 0);
     if scope == Scope::Process {
         return (cores, None);
@@ -87,22 +87,20 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32, explicit: bool) -> (u32
             new_name()
         }
     };
-    let (mut use_cores, mut adopted) = (cores, None);
-    let mut result = shared::attach(name.as_bytes(), cores, source_code);
-    if let Err(shared::Refused::BudgetDiffers(b)) = result {
-        if !explicit {
-            use_cores = b;
-            adopted = shared::budget().map(|(_, s)| s).or(Some(source_code));
-            result = shared::attach(name.as_bytes(), b, source_code);
-        }
-    }
-    match result {
-        Ok(()) => {
-            LOCAL.reset(use_cores, 0);
+    match shared::attach(name.as_bytes(), cores, source_code) {
+        Ok(tree) => {
             if let Some(c) = name.clone().as_cstr() {
                 // SAFETY: NUL-terminated strings; children inherit the name.
                 unsafe { libc::setenv(c"PARBUDGET_LEDGER".as_ptr(), c.as_ptr(), 1) };
             }
+            if tree < cores {
+                info!("budget_capped cores={} by=tree own={}", tree, cores);
+                return (tree, shared::budget().map(|(_, s)| s));
+            }
+            if tree > cores {
+                info!("budget_own cores={} tree={}", cores, tree);
+            }
+            (cores, None)
         }
         Err(e) => {
             warn!(
@@ -110,9 +108,9 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32, explicit: bool) -> (u32
                 Quoted(name.as_bytes()),
                 e
             );
+            (cores, None)
         }
     }
-    (use_cores, adopted)
 }
 
 fn new_name() -> StackBuf<1024> {
@@ -149,57 +147,50 @@ fn cleanup_stale() {
 }
 
 pub struct Ledger {
-    free: AtomicU32,
-    extras: AtomicU32,
+    used: AtomicU32,
+    cores: AtomicU32,
 }
 
 impl Ledger {
     pub const fn new() -> Ledger {
-        Ledger { free: AtomicU32::new(0), extras: AtomicU32::new(0) }
+        Ledger { used: AtomicU32::new(0), cores: AtomicU32::new(1) }
     }
 
-    /// Sets the budget (cores); all extras become free.
+    /// Sets the budget; `held_here` threads are still in use (a forked child
+    /// inside a region it entered before the fork).
     pub fn reset(&self, cores: u32, held_here: u32) {
-        let extras = cores.saturating_sub(1);
-        self.extras.store(extras, Relaxed);
-        self.free.store(extras.saturating_sub(held_here), Release);
+        self.cores.store(cores.max(1), Relaxed);
+        self.used.store(held_here, Release);
     }
 
-    /// Takes up to `want` extras without waiting; returns how many were granted.
-    pub fn acquire(&self, want: u32) -> u32 {
-        if want == 0 {
-            return 0;
-        }
-        let mut cur = self.free.load(Relaxed);
+    /// A caller enters a region wanting `want` extra workers: counts the
+    /// caller and grants what fits. Returns the extras granted.
+    pub fn enter(&self, want: u32) -> u32 {
+        let cores = self.cores.load(Relaxed);
+        let mut cur = self.used.load(Relaxed);
         loop {
-            let take = cur.min(want);
-            if take == 0 {
-                return 0;
-            }
-            match self.free.compare_exchange_weak(cur, cur - take, Acquire, Relaxed) {
-                Ok(_) => return take,
+            let with_caller = cur.saturating_add(1);
+            let extras = want.min(cores.saturating_sub(with_caller));
+            match self.used.compare_exchange_weak(cur, with_caller + extras, Acquire, Relaxed) {
+                Ok(_) => return extras,
                 Err(now) => cur = now,
             }
         }
     }
 
-    /// Returns extras granted by [`acquire`]. Never raises `free` above the
-    /// budget, so a stray double release cannot inflate it.
-    pub fn release(&self, n: u32) {
-        if n == 0 {
-            return;
-        }
-        let extras = self.extras.load(Relaxed);
-        let _ = self.free.fetch_update(Release, Relaxed, |f| Some((f + n).min(extras)));
+    /// The region entered with `extras` ended: the caller and its extras go back.
+    pub fn leave(&self, extras: u32) {
+        let n = extras + 1;
+        let _ = self.used.fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
     }
 
+    /// Threads of the budget not in use now.
     pub fn free(&self) -> u32 {
-        self.free.load(Relaxed)
+        self.cores.load(Relaxed).saturating_sub(self.used.load(Relaxed))
     }
 }
 
-/// Team size for a region that asked for `requested` threads, given `extras`
-/// granted: the caller plus its grant.
+/// Team size of a caller granted `extras`.
 pub fn team(extras: u32) -> u32 {
     1 + extras
 }
@@ -212,39 +203,53 @@ mod tests {
     fn lone_caller_gets_the_whole_budget() {
         let l = Ledger::new();
         l.reset(4, 0);
-        assert_eq!(l.acquire(63), 3);
+        assert_eq!(l.enter(63), 3);
         assert_eq!(team(3), 4);
-        l.release(3);
-        assert_eq!(l.free(), 3);
+        l.leave(3);
+        assert_eq!(l.free(), 4);
     }
 
     #[test]
     fn concurrent_callers_share_and_never_get_zero() {
         let l = Ledger::new();
         l.reset(2, 0);
-        let a = l.acquire(1);
-        let b = l.acquire(1);
-        assert_eq!((a, b), (1, 0));
+        let a = l.enter(1);
+        let b = l.enter(1);
+        assert_eq!((a, b), (1, 0), "the second caller alone fills... nothing is left");
         assert_eq!((team(a), team(b)), (2, 1));
-        l.release(a);
-        assert_eq!(l.acquire(5), 1);
+        l.leave(a);
+        assert_eq!(l.enter(5), 0, "b still runs: one core left, taken by the new caller itself");
+        l.leave(0);
+        l.leave(b);
+        assert_eq!(l.free(), 2);
     }
 
     #[test]
-    fn never_more_than_asked_and_release_is_capped() {
+    fn callers_beyond_the_budget_still_run_alone() {
+        let l = Ledger::new();
+        l.reset(2, 0);
+        let grants: Vec<u32> = (0..4).map(|_| l.enter(1)).collect();
+        assert_eq!(grants, vec![1, 0, 0, 0]);
+        assert_eq!(l.free(), 0);
+        for g in grants {
+            l.leave(g);
+        }
+        assert_eq!(l.free(), 2);
+    }
+
+    #[test]
+    fn never_more_than_asked() {
         let l = Ledger::new();
         l.reset(8, 0);
-        assert_eq!(l.acquire(2), 2);
-        l.release(2);
-        l.release(2);
-        assert_eq!(l.free(), 7);
+        assert_eq!(l.enter(2), 2);
+        assert_eq!(l.free(), 5);
     }
 
     #[test]
     fn reset_in_child_keeps_what_the_forking_thread_holds() {
         let l = Ledger::new();
         l.reset(4, 2);
-        assert_eq!(l.free(), 1);
+        assert_eq!(l.free(), 2);
     }
 
     #[test]
@@ -253,18 +258,18 @@ mod tests {
         use std::sync::atomic::AtomicU32;
         let l = Arc::new(Ledger::new());
         l.reset(3, 0);
-        let in_use = Arc::new(AtomicU32::new(0));
+        let extras_in_use = Arc::new(AtomicU32::new(0));
         let max_seen = Arc::new(AtomicU32::new(0));
         let hs: Vec<_> = (0..8)
             .map(|_| {
-                let (l, in_use, max_seen) = (l.clone(), in_use.clone(), max_seen.clone());
+                let (l, in_use, max_seen) = (l.clone(), extras_in_use.clone(), max_seen.clone());
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        let g = l.acquire(4);
+                        let g = l.enter(4);
                         let now = in_use.fetch_add(g, SeqCst) + g;
                         max_seen.fetch_max(now, SeqCst);
                         in_use.fetch_sub(g, SeqCst);
-                        l.release(g);
+                        l.leave(g);
                     }
                 })
             })
@@ -272,7 +277,7 @@ mod tests {
         for h in hs {
             h.join().unwrap();
         }
-        assert!(max_seen.load(SeqCst) <= 2);
-        assert_eq!(l.free(), 2);
+        assert!(max_seen.load(SeqCst) <= 2, "extras never exceed budget - 1");
+        assert_eq!(l.free(), 3);
     }
 }

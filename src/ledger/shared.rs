@@ -1,12 +1,13 @@
 //! The ledger shared by the processes of one tree, in POSIX shared memory.
 //!
 //! Layout: a header (magic, version, size, budget, a process-shared robust
-//! mutex, the free count) and one slot per member process (pid, its start
-//! time, the extras it holds). Every change happens under the mutex, so
-//! `free + sum(held) == extras` holds whenever the mutex is free.
+//! mutex, the count of threads in use) and one slot per member process (pid,
+//! its start time, the threads it has in regions: callers and extras). Every
+//! change happens under the mutex, so `used == sum(held)` whenever the mutex
+//! is free.
 //!
 //! Dying members. The mutex is robust: if a member dies holding it, the next
-//! locker gets EOWNERDEAD and rebuilds `free` from the slots of live members.
+//! locker gets EOWNERDEAD and rebuilds `used` from the slots of live members.
 //! A member that dies between regions leaves `held` in its slot: when a
 //! request cannot be met, the slots of dead members (no /proc entry, a zombie,
 //! or a reused pid with another start time) are reclaimed. So a SIGKILL loses
@@ -49,8 +50,8 @@ struct Header {
     creator: i32,
     _pad: u32,
     lock: UnsafeCell<libc::pthread_mutex_t>,
-    free: AtomicU32,
-    extras: AtomicU32,
+    used: AtomicU32,
+    _pad2: AtomicU32,
     slots: [Slot; SLOTS],
 }
 
@@ -128,11 +129,10 @@ fn alive(pid: i32, start: u64) -> bool {
     }
 }
 
-/// Clears dead members' slots and gives their extras back. With `rebuild`
-/// (after EOWNERDEAD), `free` is recomputed from the live slots instead.
+/// Clears dead members' slots and takes their threads off `used`. With
+/// `rebuild` (after EOWNERDEAD), `used` is recomputed from the live slots.
 /// Caller holds the mutex.
 fn reclaim_dead(h: &Header, rebuild: bool) {
-    let extras = h.extras.load(Relaxed);
     let mut live_held: u32 = 0;
     let mut freed: u32 = 0;
     for s in &h.slots {
@@ -147,15 +147,14 @@ fn reclaim_dead(h: &Header, rebuild: bool) {
             s.pid.store(0, Relaxed);
             freed += held;
             if held > 0 {
-                info!("ledger_reclaimed pid={} extras={}", pid, held);
+                info!("ledger_reclaimed pid={} threads={}", pid, held);
             }
         }
     }
     if rebuild {
-        h.free.store(extras.saturating_sub(live_held), Relaxed);
+        h.used.store(live_held, Relaxed);
     } else {
-        let f = h.free.load(Relaxed);
-        h.free.store((f + freed).min(extras), Relaxed);
+        h.used.store(h.used.load(Relaxed).saturating_sub(freed), Relaxed);
     }
 }
 
@@ -197,41 +196,43 @@ fn my_slot(h: &Header) -> Option<&Slot> {
     Some(s)
 }
 
-/// Takes up to `want` extras. `None` if the shared ledger is not in use.
-pub fn acquire(want: u32) -> Option<u32> {
+/// A caller of this process enters a region wanting `want` extras: counts
+/// it and grants what fits. `None` if the shared ledger is not in use.
+pub fn enter(want: u32) -> Option<u32> {
     let h = header()?;
     let l = Locked::new(h)?;
     let Some(slot) = my_slot(l.0) else {
         return Some(0); // no free slot: run teams of one rather than overspend
     };
-    let mut free = h.free.load(Relaxed);
-    if free < want {
-        // Rate-limited: a dead member's extras come back within ~50 ms.
+    let mut used = h.used.load(Relaxed);
+    if want > 0 && used.saturating_add(1 + want) > h.budget {
+        // Short: maybe a dead member still counts. Rate-limited, so a
+        // SIGKILLed member's threads come back within ~50 ms.
         let now = now_ms();
         let last = LAST_SCAN_MS.load(Relaxed);
         if last == 0 || now.saturating_sub(last) >= 50 {
             LAST_SCAN_MS.store(now.max(1), Relaxed);
             reclaim_dead(h, false);
-            free = h.free.load(Relaxed);
+            used = h.used.load(Relaxed);
         }
     }
-    let take = free.min(want);
-    h.free.store(free - take, Relaxed);
-    slot.held.fetch_add(take, Relaxed);
-    Some(take)
+    let extras = want.min(h.budget.saturating_sub(used.saturating_add(1)));
+    h.used.store(used + 1 + extras, Relaxed);
+    slot.held.fetch_add(1 + extras, Relaxed);
+    Some(extras)
 }
 
-/// Gives back up to `n` extras held by this process. Never more than the
-/// slot holds: a forked child releasing a grant its parent took is a no-op.
-pub fn release(n: u32) -> bool {
+/// The region entered with `extras` ended. Never gives back more than this
+/// process holds: a forked child ending a region its parent entered is a no-op.
+pub fn leave(extras: u32) -> bool {
     let Some(h) = header() else { return false };
     let Some(l) = Locked::new(h) else { return true };
     let i = MY_SLOT.load(Relaxed);
     if i < SLOTS {
         let s = &l.0.slots[i];
-        let d = s.held.load(Relaxed).min(n);
+        let d = s.held.load(Relaxed).min(extras + 1);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
-        h.free.store((h.free.load(Relaxed) + d).min(h.extras.load(Relaxed)), Relaxed);
+        h.used.store(h.used.load(Relaxed).saturating_sub(d), Relaxed);
     }
     true
 }
@@ -246,7 +247,7 @@ pub fn leave_tree() {
     if let Some(l) = Locked::new(h) {
         let s = &l.0.slots[i];
         let held = s.held.swap(0, Relaxed);
-        h.free.store((h.free.load(Relaxed) + held).min(h.extras.load(Relaxed)), Relaxed);
+        h.used.store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
         s.pid.store(0, Relaxed);
     }
 }
@@ -257,7 +258,7 @@ pub fn forget_slot_in_child() {
 }
 
 pub fn free_now() -> Option<u32> {
-    header().map(|h| h.free.load(Relaxed))
+    header().map(|h| h.budget.saturating_sub(h.used.load(Relaxed)))
 }
 
 /// Why the shared ledger could not be used.
@@ -266,7 +267,6 @@ pub enum Refused {
     NotPrivate,
     WrongSize(i64),
     BadHeader,
-    BudgetDiffers(u32),
 }
 
 impl core::fmt::Display for Refused {
@@ -276,13 +276,13 @@ impl core::fmt::Display for Refused {
             Refused::NotPrivate => f.write_str("not a regular file owned by this user with mode 0600"),
             Refused::WrongSize(s) => write!(f, "wrong size {s}"),
             Refused::BadHeader => f.write_str("bad magic, version or counts"),
-            Refused::BudgetDiffers(b) => write!(f, "it holds a budget of {b} cores"),
         }
     }
 }
 
-/// Opens (or creates) the ledger `name` for a budget of `cores`.
-pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<(), Refused> {
+/// Opens (or creates, with a budget of `cores`) the ledger `name`. Returns the
+/// tree's budget, which may differ from ours (a member narrowed by taskset).
+pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     let mut n = StackBuf::<256>::new();
     n.push_bytes(name);
     let cname = n.as_cstr().ok_or(Refused::Open(libc::ENAMETOOLONG))?;
@@ -338,8 +338,7 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<(), Refused> {
                 libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
                 libc::pthread_mutex_init((*h).lock.get(), &attr);
                 libc::pthread_mutexattr_destroy(&mut attr);
-                (*h).extras.store(cores.saturating_sub(1), Relaxed);
-                (*h).free.store(cores.saturating_sub(1), Relaxed);
+                (*h).used.store(0, Relaxed);
                 core::ptr::write_volatile(&mut (*h).magic, MAGIC);
             }
         } else {
@@ -356,21 +355,17 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<(), Refused> {
             }
             // SAFETY: reading the mapped header for validation.
             let hr = unsafe { &*h };
-            let extras = hr.extras.load(Relaxed);
-            if !ok || hr.version != VERSION || hr.size as usize != SIZE || hr.budget == 0 || hr.budget > crate::budget::MAX_CORES || extras != hr.budget - 1 || hr.free.load(Relaxed) > extras {
+            // `used` may exceed the budget (callers always run), but not by
+            // more than every slot's share of a sane process.
+            if !ok || hr.version != VERSION || hr.size as usize != SIZE || hr.budget == 0 || hr.budget > crate::budget::MAX_CORES || hr.used.load(Relaxed) > (SLOTS as u32) * 4096 {
                 // SAFETY: unmapping what we mapped.
                 unsafe { libc::munmap(p, SIZE) };
                 return Err(Refused::BadHeader);
             }
-            if hr.budget != cores {
-                let b = hr.budget;
-                // SAFETY: unmapping what we mapped.
-                unsafe { libc::munmap(p, SIZE) };
-                return Err(Refused::BudgetDiffers(b));
-            }
         }
         MAP.store(p as usize, Release);
-        Ok(())
+        // SAFETY: validated above.
+        Ok(unsafe { (*h).budget })
     })();
     // SAFETY: the mapping outlives the descriptor.
     unsafe { libc::close(fd) };

@@ -1,0 +1,154 @@
+//! Issue 5: one ledger, teams sized at every region, across threads and
+//! processes of one tree.
+
+use crate::support::*;
+
+#[test]
+fn four_threads_share_the_budget_and_a_lone_caller_keeps_it() {
+    let base = cmd(&fixture("threads_omp_gcc"), &["4", "300"]).env("OMP_NUM_THREADS", "2").run();
+    assert_eq!(base.ok().float("mean_team"), 2.0, "without the shim each thread runs teams of 2");
+    let r = cmd(&fixture("threads_omp_gcc"), &["4", "300"]).shim().cores(2).run();
+    r.ok();
+    assert!(r.float("mean_team") <= 1.25, "{}", r.stdout);
+    let lone = cmd(&fixture("threads_omp_gcc"), &["1", "300"]).shim().cores(2).run();
+    assert!(lone.ok().float("mean_team") >= 1.9, "{}", lone.stdout);
+}
+
+#[test]
+fn nested_regions_stay_within_the_budget_and_return_it() {
+    let base = cmd(&fixture("nested_gcc"), &["2", "2"]).run();
+    assert_eq!(base.ok().int("inner_max"), 2);
+    let r = cmd(&fixture("nested_gcc"), &["2", "2"]).shim().cores(2).run();
+    r.ok();
+    assert_eq!(r.int("outer_team"), 2);
+    assert_eq!(r.int("inner_max"), 1, "the budget is spent by the outer team");
+    assert_eq!(r.int("after_team"), 2, "and comes back after");
+}
+
+/// Four exec'd processes of one tree (children of a shell under the shim).
+fn four_processes(scope: &str) -> Vec<f64> {
+    let dir = tempdir(&format!("procs-{scope}"));
+    let bin = fixture("regions_gcc");
+    let script = format!("for i in 1 2 3 4; do {bin} 3000 40960 > {d}/out-$i.txt & done; wait", d = dir.display());
+    let r = cmd("sh", &["-c", &script]).shim().cores(2).env("PARBUDGET_SCOPE", scope).timeout(120).run();
+    r.ok();
+    (1..=4)
+        .map(|i| {
+            let text = std::fs::read_to_string(dir.join(format!("out-{i}.txt"))).unwrap();
+            text.lines().find_map(|l| l.strip_prefix("mean_team=")).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn processes_of_one_tree_share_one_ledger() {
+    let per_process = four_processes("process");
+    assert!(per_process.iter().all(|m| *m == 2.0), "scope=process: each process alone: {per_process:?}");
+    let tree = four_processes("tree");
+    let avg = tree.iter().sum::<f64>() / 4.0;
+    assert!(avg < 1.5, "four processes on a 2-core tree budget: {tree:?}");
+}
+
+#[test]
+fn forked_and_spawned_python_workers_share_one_ledger() {
+    for method in ["fork", "spawn"] {
+        let r = cmd(&python(), &[&root().join("shim-tests/py/workers_regions.py").display().to_string(), &fixture("libregions.so"), method, "4", "2000"])
+            .shim()
+            .cores(2)
+            .timeout(120)
+            .run();
+        r.ok();
+        assert!(r.float("mean_of_means") < 1.5, "{method}: {}", r.stdout);
+    }
+}
+
+#[test]
+fn a_holder_killed_by_sigkill_gives_its_share_back() {
+    // block_in_region holds a 2-thread team forever. While it lives, a new
+    // member of the tree gets a team of 1; after SIGKILL, the whole budget.
+    let blocker = fixture("block_in_region");
+    let teams = fixture("omp_teams_gcc");
+    let script = format!(
+        "{blocker} > /dev/null & b=$!; sleep 1; echo during=$({teams} 0 | grep '^team=' | cut -d= -f2); \
+         kill -9 $b; wait $b 2>/dev/null; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2)"
+    );
+    let r = cmd("sh", &["-c", &script]).shim().cores(2).env("PARBUDGET_LOG", "info").timeout(60).run();
+    r.ok();
+    assert_eq!(r.int("during"), 1, "the blocked holder counts: {}", r.stderr);
+    assert_eq!(r.int("after"), 2, "its share came back: {}", r.stderr);
+    assert!(r.stderr.contains("ledger_reclaimed"), "{}", r.stderr);
+}
+
+#[test]
+fn a_killed_zombie_holder_is_reclaimed_before_it_is_reaped() {
+    // The parent does not wait for the killed child: it stays a zombie.
+    let blocker = fixture("block_in_region");
+    let teams = fixture("omp_teams_gcc");
+    let script = format!(
+        "{blocker} > /dev/null & b=$!; sleep 1; kill -9 $b; sleep 0.3; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2); wait"
+    );
+    let r = cmd("sh", &["-c", &script]).shim().cores(2).timeout(60).run();
+    r.ok();
+    assert_eq!(r.int("after"), 2, "{}", r.stderr);
+}
+
+#[test]
+fn the_ledger_is_private_validated_and_removed() {
+    let name = format!("/parbudget-test-{}", std::process::id());
+    let file = format!("/dev/shm{name}");
+    // A segment with the wrong size or mode is refused, with a warning, and
+    // the program still runs with a private ledger.
+    std::fs::write(&file, b"not a ledger").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
+    r.ok();
+    assert_eq!(r.int("team"), 2);
+    assert!(r.stderr.contains("ledger_fallback") && r.stderr.contains("mode 0600"), "{}", r.stderr);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
+    assert!(r.ok().stderr.contains("wrong size"), "{}", r.stderr);
+    std::fs::remove_file(&file).unwrap();
+
+    // A good one is created 0600 and removed by its creator at exit.
+    let r = cmd("sh", &["-c", &format!("stat -c %a {file}; {} 0 | grep team", fixture("omp_teams_gcc"))])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LEDGER", &name)
+        .run();
+    r.ok();
+    assert_eq!(r.stdout.lines().next().unwrap(), "600");
+    assert!(!std::path::Path::new(&file).exists(), "the creator removes the name at exit");
+}
+
+#[test]
+fn libiomp5_from_pypi_is_clamped() {
+    let r = cmd(&fixture("omp_teams_iomp"), &["64", "64"]).shim().cores(2).run();
+    r.ok();
+    assert_eq!(r.int("team"), 2);
+    assert!(r.int("clause_team") <= 2);
+    let base = cmd(&fixture("omp_teams_iomp"), &["64"]).run();
+    assert_eq!(base.ok().int("team"), 64);
+}
+
+#[test]
+fn scikit_learn_vendored_libgomp_beside_the_system_one() {
+    let dir = tempdir("two-gomp");
+    let code = format!(
+        "import ctypes, numpy as np\nfrom sklearn.cluster import KMeans\n\
+         KMeans(n_clusters=3, n_init=1, random_state=0).fit(np.random.default_rng(0).random((3000, 4)))\n\
+         lib = ctypes.CDLL('{}')\nprint('team=%d' % lib.fix_team(0))",
+        fixture("libregions.so")
+    );
+    let r = cmd(&python(), &["-c", &code]).shim().cores(2).env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display())).timeout(120).run();
+    r.ok();
+    assert_eq!(r.int("team"), 2);
+    let rep = &reports(&dir)[0];
+    let gomps = runtimes_of(rep, "libgomp");
+    assert_eq!(gomps.len(), 2, "{rep}");
+    for g in &gomps {
+        assert!(g["regions"].as_u64().unwrap() >= 1, "each copy's regions went to that copy: {g}");
+    }
+    assert!(gomps.iter().any(|g| g["path"].as_str().unwrap().contains("scikit_learn.libs")));
+    assert!(r.shim_lines().iter().any(|l| l.contains("conflict_openblas") || !l.contains("WARN")), "{}", r.stderr);
+}
