@@ -4,6 +4,7 @@
 
 mod support;
 
+mod blas;
 mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;

@@ -15,6 +15,7 @@
 //! so functions with stack arguments (8-argument GOMP loop entries) and
 //! variadic ones forward correctly.
 
+pub mod blas;
 pub mod fork;
 pub mod regions;
 pub mod setters;
@@ -103,6 +104,92 @@ macro_rules! trampoline {
     };
 }
 pub(crate) use trampoline;
+
+/// Like [`trampoline!`], for functions with floating-point arguments (CBLAS's
+/// alpha/beta): xmm0-7 are saved too, since `save_caller` may clobber them.
+/// x86-64: 7 pushes (rsp = 0 mod 16) plus 128 bytes keep the call aligned.
+macro_rules! trampoline_fp {
+    ($name:ident => $body:path) => {
+        #[cfg(target_arch = "x86_64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!(
+                "push rdi",
+                "push rsi",
+                "push rdx",
+                "push rcx",
+                "push r8",
+                "push r9",
+                "push rax",
+                "sub rsp, 128",
+                "movdqu [rsp + 0], xmm0",
+                "movdqu [rsp + 16], xmm1",
+                "movdqu [rsp + 32], xmm2",
+                "movdqu [rsp + 48], xmm3",
+                "movdqu [rsp + 64], xmm4",
+                "movdqu [rsp + 80], xmm5",
+                "movdqu [rsp + 96], xmm6",
+                "movdqu [rsp + 112], xmm7",
+                "mov rdi, [rsp + 184]",
+                "call {save}",
+                "movdqu xmm0, [rsp + 0]",
+                "movdqu xmm1, [rsp + 16]",
+                "movdqu xmm2, [rsp + 32]",
+                "movdqu xmm3, [rsp + 48]",
+                "movdqu xmm4, [rsp + 64]",
+                "movdqu xmm5, [rsp + 80]",
+                "movdqu xmm6, [rsp + 96]",
+                "movdqu xmm7, [rsp + 112]",
+                "add rsp, 128",
+                "pop rax",
+                "pop r9",
+                "pop r8",
+                "pop rcx",
+                "pop rdx",
+                "pop rsi",
+                "pop rdi",
+                "jmp {body}",
+                save = sym $crate::hooks::save_caller,
+                body = sym $body,
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        pub unsafe extern "C" fn $name() {
+            // x0-x8 and d0-d7 (the FP argument registers), x30 the return address.
+            core::arch::naked_asm!(
+                "sub sp, sp, #160",
+                "stp x0, x1, [sp, #0]",
+                "stp x2, x3, [sp, #16]",
+                "stp x4, x5, [sp, #32]",
+                "stp x6, x7, [sp, #48]",
+                "stp x8, x30, [sp, #64]",
+                "stp d0, d1, [sp, #80]",
+                "stp d2, d3, [sp, #96]",
+                "stp d4, d5, [sp, #112]",
+                "stp d6, d7, [sp, #128]",
+                "mov x0, x30",
+                "bl {save}",
+                "ldp x0, x1, [sp, #0]",
+                "ldp x2, x3, [sp, #16]",
+                "ldp x4, x5, [sp, #32]",
+                "ldp x6, x7, [sp, #48]",
+                "ldp x8, x30, [sp, #64]",
+                "ldp d0, d1, [sp, #80]",
+                "ldp d2, d3, [sp, #96]",
+                "ldp d4, d5, [sp, #112]",
+                "ldp d6, d7, [sp, #128]",
+                "add sp, sp, #160",
+                "b {body}",
+                save = sym $crate::hooks::save_caller,
+                body = sym $body,
+            );
+        }
+    };
+}
+pub(crate) use trampoline_fp;
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("parbudget's trampolines exist for x86_64 and aarch64 only");

@@ -146,6 +146,13 @@ pub struct Copy {
     set: usize,
     budget_applied: AtomicBool,
     pub stats: Stats,
+    /// BLAS per-call sizing: the thread count the copy is configured for
+    /// (environment, setter, threadpoolctl), and the count we last set.
+    pub blas_config: AtomicU32,
+    pub blas_current: AtomicU32,
+    /// OpenBLAS's `openblas_get_parallel`: 0 unknown, 1 sequential, 2 pthreads, 3 OpenMP.
+    pub blas_parallel: AtomicU32,
+    parallel_fn: usize,
 }
 
 impl Copy {
@@ -166,6 +173,24 @@ impl Copy {
                 _ => i64::from(core::mem::transmute::<usize, extern "C" fn() -> c_int>(self.get)()),
             })
         }
+    }
+
+    /// OpenBLAS's threading model, asked once (a constant in the library).
+    /// Only call where calling into the runtime is safe.
+    pub fn blas_parallel(&self) -> u32 {
+        let p = self.blas_parallel.load(Relaxed);
+        if p != 0 || self.parallel_fn == 0 {
+            return p;
+        }
+        // SAFETY: openblas_get_parallel(void) -> int, resolved from this copy.
+        let v = unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(self.parallel_fn)() };
+        let code = match v {
+            0 => 1,
+            1 => 2,
+            _ => 3,
+        };
+        self.blas_parallel.store(code, Relaxed);
+        code
     }
 
     /// Sets the copy's thread count through its own set function.
@@ -336,6 +361,21 @@ fn register(base: usize, path: &mut StackBuf<PATH_LEN>, row: &'static Row) -> Op
         set: sym(row.set),
         budget_applied: AtomicBool::new(false),
         stats: Stats::default(),
+        blas_config: AtomicU32::new(0),
+        blas_current: AtomicU32::new(0),
+        blas_parallel: AtomicU32::new(0),
+        parallel_fn: if row.imp == Impl::Openblas {
+            sym(&[
+                c"openblas_get_parallel",
+                c"openblas_get_parallel64_",
+                c"openblas_get_parallel_64",
+                c"scipy_openblas_get_parallel",
+                c"scipy_openblas_get_parallel64_",
+                c"scipy_openblas_get_parallel_64",
+            ])
+        } else {
+            0
+        },
     };
     copy.path[..path.len()].copy_from_slice(path.as_bytes());
     // SAFETY: slot `n` is unpublished and we hold the writer flag.

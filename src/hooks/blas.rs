@@ -1,0 +1,420 @@
+//! BLAS calls under the budget. OpenBLAS (pthreads builds) sizes its pool
+//! once; under parbudget each level-2/3 call is sized when it starts, from the
+//! same ledger as OpenMP regions: the calling thread plus the extra workers
+//! that still fit. The size reaches the caller's own OpenBLAS copy through
+//! that copy's own `openblas_set_num_threads`, so one lone caller keeps the
+//! whole budget and four concurrent callers (threads or processes of one
+//! tree) run single-threaded BLAS instead of four full pools.
+//!
+//! The copy's configured count (environment, a setter, threadpoolctl) is the
+//! ceiling: if something other than us changed it since our last call, that
+//! value becomes the new ceiling. Sequential and OpenMP builds pass through
+//! (the OpenMP build's own regions go through the region hooks). Other BLAS
+//! (MKL, BLIS, FlexiBLAS) keep the static budget.
+//!
+//! Hooked: `{,scipy_}cblas_{s,d,c,z}{gemm,syrk,gemv}{,64_}`, which is what
+//! numpy (`scipy_cblas_*64_`) and C programs (`cblas_*`) call.
+
+use super::{fenced, take_caller, trampoline, trampoline_fp};
+use crate::ledger;
+use crate::runtime::{self, Impl};
+use crate::stackbuf::Quoted;
+use core::ffi::CStr;
+use core::sync::atomic::Ordering::Relaxed;
+use log::{debug, error};
+
+type P = *mut core::ffi::c_void;
+
+#[derive(Clone, Copy)]
+struct Grant {
+    real: usize,
+    extras: u32,
+    counted: bool,
+}
+
+fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
+    let settings = crate::init::ensure();
+    let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
+        error!("unresolved symbol={} caller={:#x}: no BLAS in scope", Quoted(name.to_bytes()), ret);
+        // SAFETY: nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    let pass = Grant { real: t.real, extras: 0, counted: false };
+    let Some(s) = settings else { return pass };
+    fenced(pass, || {
+        let Some(c) = t.copy.and_then(runtime::copy) else { return pass };
+        if c.imp != Impl::Openblas || c.blas_parallel() != 2 {
+            return pass;
+        }
+        let cur = c.get_threads().unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
+        let last = c.blas_current.load(Relaxed);
+        if last == 0 || cur != last {
+            c.blas_config.store(cur, Relaxed); // first call, or someone else set it
+        }
+        let ceiling = c.blas_config.load(Relaxed).clamp(1, s.budget.cores);
+        let extras = ledger::enter(ceiling - 1);
+        let team = 1 + extras;
+        if team != cur {
+            c.set_threads(team);
+        }
+        c.blas_current.store(team, Relaxed);
+        c.stats.regions.fetch_add(1, Relaxed);
+        c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
+        if team < ceiling {
+            c.stats.cut.fetch_add(1, Relaxed);
+        }
+        debug!("blas_grant symbol={} ceiling={} team={}", Quoted(name.to_bytes()), ceiling, team);
+        Grant { real: t.real, extras, counted: true }
+    })
+}
+
+fn leave(g: Grant) {
+    if g.counted {
+        ledger::leave(g.extras);
+    }
+}
+
+/// SAFETY (for every `call!` below): `real` was resolved by this very name in
+/// the caller's own scope; the declared types pass every argument through in
+/// the same register or stack slot (integers as isize, floats as f32/f64).
+macro_rules! call {
+    ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
+        unsafe { core::mem::transmute::<usize, extern "C" fn($($t),*) -> $r>($real)($($a),*) }
+    };
+}
+
+unsafe extern "C" fn blas_cblas_sgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 100, c"cblas_sgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_sgemm => blas_cblas_sgemm);
+
+unsafe extern "C" fn blas_cblas_dgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 101, c"cblas_dgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_dgemm => blas_cblas_dgemm);
+
+unsafe extern "C" fn blas_cblas_cgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 102, c"cblas_cgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_cgemm => blas_cblas_cgemm);
+
+unsafe extern "C" fn blas_cblas_zgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 103, c"cblas_zgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_zgemm => blas_cblas_zgemm);
+
+unsafe extern "C" fn blas_cblas_ssyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 104, c"cblas_ssyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_ssyrk => blas_cblas_ssyrk);
+
+unsafe extern "C" fn blas_cblas_dsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 105, c"cblas_dsyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_dsyrk => blas_cblas_dsyrk);
+
+unsafe extern "C" fn blas_cblas_csyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 106, c"cblas_csyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_csyrk => blas_cblas_csyrk);
+
+unsafe extern "C" fn blas_cblas_zsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 107, c"cblas_zsyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_zsyrk => blas_cblas_zsyrk);
+
+unsafe extern "C" fn blas_cblas_sgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
+    let g = enter(take_caller(), 108, c"cblas_sgemv");
+    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(cblas_sgemv => blas_cblas_sgemv);
+
+unsafe extern "C" fn blas_cblas_dgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
+    let g = enter(take_caller(), 109, c"cblas_dgemv");
+    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(cblas_dgemv => blas_cblas_dgemv);
+
+unsafe extern "C" fn blas_cblas_cgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 110, c"cblas_cgemv");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(cblas_cgemv => blas_cblas_cgemv);
+
+unsafe extern "C" fn blas_cblas_zgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 111, c"cblas_zgemv");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(cblas_zgemv => blas_cblas_zgemv);
+
+unsafe extern "C" fn blas_cblas_sgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 112, c"cblas_sgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_sgemm64_ => blas_cblas_sgemm64_);
+
+unsafe extern "C" fn blas_cblas_dgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 113, c"cblas_dgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_dgemm64_ => blas_cblas_dgemm64_);
+
+unsafe extern "C" fn blas_cblas_cgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 114, c"cblas_cgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_cgemm64_ => blas_cblas_cgemm64_);
+
+unsafe extern "C" fn blas_cblas_zgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 115, c"cblas_zgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_zgemm64_ => blas_cblas_zgemm64_);
+
+unsafe extern "C" fn blas_cblas_ssyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 116, c"cblas_ssyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_ssyrk64_ => blas_cblas_ssyrk64_);
+
+unsafe extern "C" fn blas_cblas_dsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 117, c"cblas_dsyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(cblas_dsyrk64_ => blas_cblas_dsyrk64_);
+
+unsafe extern "C" fn blas_cblas_csyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 118, c"cblas_csyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_csyrk64_ => blas_cblas_csyrk64_);
+
+unsafe extern "C" fn blas_cblas_zsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 119, c"cblas_zsyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(cblas_zsyrk64_ => blas_cblas_zsyrk64_);
+
+unsafe extern "C" fn blas_cblas_sgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
+    let g = enter(take_caller(), 120, c"cblas_sgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(cblas_sgemv64_ => blas_cblas_sgemv64_);
+
+unsafe extern "C" fn blas_cblas_dgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
+    let g = enter(take_caller(), 121, c"cblas_dgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(cblas_dgemv64_ => blas_cblas_dgemv64_);
+
+unsafe extern "C" fn blas_cblas_cgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 122, c"cblas_cgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(cblas_cgemv64_ => blas_cblas_cgemv64_);
+
+unsafe extern "C" fn blas_cblas_zgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 123, c"cblas_zgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(cblas_zgemv64_ => blas_cblas_zgemv64_);
+
+unsafe extern "C" fn blas_scipy_cblas_sgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 124, c"scipy_cblas_sgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_sgemm => blas_scipy_cblas_sgemm);
+
+unsafe extern "C" fn blas_scipy_cblas_dgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 125, c"scipy_cblas_dgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dgemm => blas_scipy_cblas_dgemm);
+
+unsafe extern "C" fn blas_scipy_cblas_cgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 126, c"scipy_cblas_cgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_cgemm => blas_scipy_cblas_cgemm);
+
+unsafe extern "C" fn blas_scipy_cblas_zgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 127, c"scipy_cblas_zgemm");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_zgemm => blas_scipy_cblas_zgemm);
+
+unsafe extern "C" fn blas_scipy_cblas_ssyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 128, c"scipy_cblas_ssyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_ssyrk => blas_scipy_cblas_ssyrk);
+
+unsafe extern "C" fn blas_scipy_cblas_dsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 129, c"scipy_cblas_dsyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dsyrk => blas_scipy_cblas_dsyrk);
+
+unsafe extern "C" fn blas_scipy_cblas_csyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 130, c"scipy_cblas_csyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_csyrk => blas_scipy_cblas_csyrk);
+
+unsafe extern "C" fn blas_scipy_cblas_zsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 131, c"scipy_cblas_zsyrk");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_zsyrk => blas_scipy_cblas_zsyrk);
+
+unsafe extern "C" fn blas_scipy_cblas_sgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
+    let g = enter(take_caller(), 132, c"scipy_cblas_sgemv");
+    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_sgemv => blas_scipy_cblas_sgemv);
+
+unsafe extern "C" fn blas_scipy_cblas_dgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
+    let g = enter(take_caller(), 133, c"scipy_cblas_dgemv");
+    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dgemv => blas_scipy_cblas_dgemv);
+
+unsafe extern "C" fn blas_scipy_cblas_cgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 134, c"scipy_cblas_cgemv");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(scipy_cblas_cgemv => blas_scipy_cblas_cgemv);
+
+unsafe extern "C" fn blas_scipy_cblas_zgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 135, c"scipy_cblas_zgemv");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(scipy_cblas_zgemv => blas_scipy_cblas_zgemv);
+
+unsafe extern "C" fn blas_scipy_cblas_sgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 136, c"scipy_cblas_sgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_sgemm64_ => blas_scipy_cblas_sgemm64_);
+
+unsafe extern "C" fn blas_scipy_cblas_dgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 137, c"scipy_cblas_dgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dgemm64_ => blas_scipy_cblas_dgemm64_);
+
+unsafe extern "C" fn blas_scipy_cblas_cgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 138, c"scipy_cblas_cgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_cgemm64_ => blas_scipy_cblas_cgemm64_);
+
+unsafe extern "C" fn blas_scipy_cblas_zgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 139, c"scipy_cblas_zgemm64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_zgemm64_ => blas_scipy_cblas_zgemm64_);
+
+unsafe extern "C" fn blas_scipy_cblas_ssyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
+    let g = enter(take_caller(), 140, c"scipy_cblas_ssyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_ssyrk64_ => blas_scipy_cblas_ssyrk64_);
+
+unsafe extern "C" fn blas_scipy_cblas_dsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
+    let g = enter(take_caller(), 141, c"scipy_cblas_dsyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dsyrk64_ => blas_scipy_cblas_dsyrk64_);
+
+unsafe extern "C" fn blas_scipy_cblas_csyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 142, c"scipy_cblas_csyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_csyrk64_ => blas_scipy_cblas_csyrk64_);
+
+unsafe extern "C" fn blas_scipy_cblas_zsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
+    let g = enter(take_caller(), 143, c"scipy_cblas_zsyrk64_");
+    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
+    leave(g);
+}
+trampoline!(scipy_cblas_zsyrk64_ => blas_scipy_cblas_zsyrk64_);
+
+unsafe extern "C" fn blas_scipy_cblas_sgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
+    let g = enter(take_caller(), 144, c"scipy_cblas_sgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_sgemv64_ => blas_scipy_cblas_sgemv64_);
+
+unsafe extern "C" fn blas_scipy_cblas_dgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
+    let g = enter(take_caller(), 145, c"scipy_cblas_dgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline_fp!(scipy_cblas_dgemv64_ => blas_scipy_cblas_dgemv64_);
+
+unsafe extern "C" fn blas_scipy_cblas_cgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 146, c"scipy_cblas_cgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(scipy_cblas_cgemv64_ => blas_scipy_cblas_cgemv64_);
+
+unsafe extern "C" fn blas_scipy_cblas_zgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
+    let g = enter(take_caller(), 147, c"scipy_cblas_zgemv64_");
+    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
+    leave(g);
+}
+trampoline!(scipy_cblas_zgemv64_ => blas_scipy_cblas_zgemv64_);
