@@ -67,6 +67,13 @@ pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
     WARNINGS.writer.store(false, Release);
 }
 
+/// Atfork child handler: the child's report lists the child's own warnings
+/// (an atomic store; a slot being written by a vanished thread is dropped).
+pub fn reset_in_child() {
+    WARNINGS.count.store(0, Relaxed);
+    WARNINGS.writer.store(false, Relaxed);
+}
+
 fn warnings() -> impl Iterator<Item = (&'static str, &'static [u8])> {
     let n = WARNINGS.count.load(Acquire);
     (0..n).map(|i| {

@@ -51,7 +51,9 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         if last == 0 || cur != last {
             c.blas_config.store(cur, Relaxed); // first call, or someone else set it
         }
-        let ceiling = c.blas_config.load(Relaxed).clamp(1, s.budget.cores);
+        let config = c.blas_config.load(Relaxed);
+        c.stats.note_request(config);
+        let ceiling = config.clamp(1, s.budget.cores);
         let extras = ledger::enter(ceiling - 1);
         let team = 1 + extras;
         if team != cur {

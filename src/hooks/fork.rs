@@ -30,8 +30,8 @@ use crate::config::ForkPolicy;
 use crate::runtime::{self, Copy};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicI32, AtomicU8, Ordering::*};
-use log::{error, warn};
+use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering::*};
+use log::{Level, error, log};
 
 thread_local! {
     static MASTER_OF: Cell<u64> = const { Cell::new(0) };
@@ -50,6 +50,10 @@ pub static STATE: AtomicU8 = AtomicU8::new(NORMAL);
 /// `getpid()` differs is a vfork child sharing our memory: nothing may be
 /// written there (see `report`).
 pub static KNOWN_PID: AtomicI32 = AtomicI32::new(0);
+
+/// libgomp copies (bits) already warned about at warn level in this process:
+/// a Pool(32) should print one warning, not 32; later forks log at info.
+static WARNED: AtomicU64 = AtomicU64::new(0);
 
 pub fn mark_master(copy: usize) {
     if copy < 64 {
@@ -102,6 +106,8 @@ extern "C" fn child() {
     // SAFETY: getpid is async-signal-safe.
     KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
     crate::hooks::threads::reset_in_child();
+    crate::report::reset_in_child();
+    WARNED.store(0, Relaxed);
     STATE.store(CHILD, Relaxed);
 }
 
@@ -122,7 +128,9 @@ fn warn_fork(child_pid: libc::pid_t, hazard: u64) {
     };
     for (i, c) in runtime::copies() {
         if i < 64 && hazard & (1 << i) != 0 {
-            warn!(
+            let first = WARNED.fetch_or(1 << i, Relaxed) & (1 << i) == 0;
+            log!(
+                if first { Level::Warn } else { Level::Info },
                 "fork_after_gomp child={} libgomp={} policy={} effect=\"{}\" advice=\"this thread ran a GNU OpenMP team before fork(); use the multiprocessing start method 'spawn' or 'forkserver', or fork before the first parallel region; PARBUDGET_FORK=serial|abort|warn chooses what the child does\"",
                 child_pid,
                 Quoted(c.path()),
