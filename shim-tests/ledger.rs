@@ -15,6 +15,23 @@ fn four_threads_share_the_budget_and_a_lone_caller_keeps_it() {
 }
 
 #[test]
+fn llvm_libomp_regions_are_sized_by_the_ledger_too() {
+    let base = cmd(&fixture("threads_omp_clang"), &["4", "300"]).env("OMP_NUM_THREADS", "2").run();
+    assert_eq!(base.ok().float("mean_team"), 2.0);
+    let r = cmd(&fixture("threads_omp_clang"), &["4", "300"]).shim().cores(2).run();
+    assert!(r.ok().float("mean_team") <= 1.25, "{}", r.stdout);
+    let lone = cmd(&fixture("threads_omp_clang"), &["1", "300"]).shim().cores(2).run();
+    assert!(lone.ok().float("mean_team") >= 1.9, "{}", lone.stdout);
+    let dir = tempdir("kmpc");
+    let r = cmd(&fixture("regions_clang"), &["500", "4096"]).shim().cores(2).env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display())).run();
+    r.ok();
+    let rep = &reports(&dir)[0];
+    let omp = runtimes_of(rep, "libomp");
+    assert_eq!(omp[0]["regions"], 500, "{rep}");
+    assert_eq!(omp[0]["mean_team"], 2.0);
+}
+
+#[test]
 fn nested_regions_stay_within_the_budget_and_return_it() {
     let base = cmd(&fixture("nested_gcc"), &["2", "2"]).run();
     assert_eq!(base.ok().int("inner_max"), 2);

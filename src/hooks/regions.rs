@@ -251,6 +251,155 @@ unsafe extern "C" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) 
         }
         n.min(budget)
     });
+    // The next __kmpc_fork_call of this thread sizes from this request.
+    PENDING_PUSH.with(|p| p.set(n2.max(0) as u32));
     call!(t.real, fn(*mut c_void, i32, i32) -> (), loc, gtid, n2);
 }
 trampoline!(__kmpc_push_num_threads => kmpc_push_num_threads);
+
+// ---------------------------------------------------------------------------
+// LLVM/Intel regions: `__kmpc_fork_call(loc, argc, microtask, ...)`.
+//
+// Variadic, with pointer arguments possibly on the stack, so the trampoline
+// cannot call the real function itself. It sizes the region (kmpc_pre, which
+// pushes the team with the copy's own `__kmpc_push_num_threads`), replaces its
+// return address with a landing pad and jumps to the real function with the
+// stack exactly as the caller built it. When the region ends, the real
+// function returns to the landing pad, which gives the grant back (kmpc_post)
+// and jumps to the original return address. OpenMP forbids exceptions from
+// escaping a region, so no unwinding ever crosses the replaced frame.
+// ---------------------------------------------------------------------------
+
+const KMPC_DEPTH: usize = 64;
+
+thread_local! {
+    /// The `num_threads` clause pushed by this thread for its next region.
+    static PENDING_PUSH: Cell<u32> = const { Cell::new(0) };
+    /// (original return address, extras + 1 or 0) per open kmpc region.
+    static KMPC_STACK: Cell<[(usize, u32); KMPC_DEPTH]> = const { Cell::new([(0, 0); KMPC_DEPTH]) };
+    static KMPC_DEPTH_NOW: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Before the real `__kmpc_fork_call`: returns the real function's address.
+extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> usize {
+    let settings = crate::init::ensure();
+    let Some(t) = fenced(None, || runtime::resolve(ret, 62, c"__kmpc_fork_call")) else {
+        error!("unresolved symbol=\"__kmpc_fork_call\" caller={:#x}", ret);
+        // SAFETY: nothing to forward to.
+        unsafe { libc::abort() };
+    };
+    let pushed = PENDING_PUSH.with(|p| p.replace(0));
+    let code = fenced(0, || {
+        let Some(s) = settings else { return 0 };
+        let Some(c) = t.copy.and_then(runtime::copy) else { return 0 };
+        let asked = match pushed {
+            0 => c.get_threads().map_or(s.budget.cores, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
+            n => n,
+        };
+        let want = asked.clamp(1, s.budget.cores);
+        let (Some(gtid_fn), Some(push_fn)) = (
+            runtime::resolve(ret, 63, c"__kmpc_global_thread_num"),
+            runtime::resolve(ret, 61, c"__kmpc_push_num_threads"),
+        ) else {
+            return 0;
+        };
+        let extras = ledger::enter(want - 1);
+        let team = ledger::team(extras);
+        HELD.with(|h| h.set(h.get() + 1 + extras));
+        // SAFETY: both resolved from the caller's own copy by name, with the
+        // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
+        unsafe {
+            let gtid = core::mem::transmute::<usize, extern "C" fn(*mut c_void) -> i32>(gtid_fn.real)(loc);
+            core::mem::transmute::<usize, extern "C" fn(*mut c_void, i32, i32)>(push_fn.real)(loc, gtid, team as i32);
+        }
+        c.stats.note_request(asked);
+        c.stats.regions.fetch_add(1, Relaxed);
+        c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
+        if team < asked {
+            c.stats.cut.fetch_add(1, Relaxed);
+        }
+        debug!("grant symbol=\"__kmpc_fork_call\" impl={} asked={} team={} free={}", c.imp.name(), asked, team, ledger::free());
+        extras + 1
+    });
+    let d = KMPC_DEPTH_NOW.with(|d| d.get());
+    if d >= KMPC_DEPTH {
+        error!("kmpc_nesting_too_deep depth={}", d);
+        // SAFETY: we could not return to the caller without the saved address.
+        unsafe { libc::abort() };
+    }
+    KMPC_STACK.with(|s| {
+        let mut a = s.get();
+        a[d] = (ret, code);
+        s.set(a);
+    });
+    KMPC_DEPTH_NOW.with(|x| x.set(d + 1));
+    t.real
+}
+
+/// After the real `__kmpc_fork_call` returned: gives the grant back and
+/// returns the original return address.
+extern "C" fn kmpc_post() -> usize {
+    let d = KMPC_DEPTH_NOW.with(|d| d.get()).saturating_sub(1);
+    KMPC_DEPTH_NOW.with(|x| x.set(d));
+    let (ret, code) = KMPC_STACK.with(|s| s.get()[d]);
+    if code > 0 {
+        leave(&Entry { real: 0, team: 0, extras: code - 1, counted: true });
+    }
+    ret
+}
+
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn __kmpc_fork_call() {
+    core::arch::naked_asm!(
+        // Save every argument register (7 pushes: rsp = 0 mod 16) and xmm0-7
+        // (a variadic call may pass vector registers; al counts them).
+        "push rdi",
+        "push rsi",
+        "push rdx",
+        "push rcx",
+        "push r8",
+        "push r9",
+        "push rax",
+        "sub rsp, 128",
+        "movdqu [rsp + 0], xmm0",
+        "movdqu [rsp + 16], xmm1",
+        "movdqu [rsp + 32], xmm2",
+        "movdqu [rsp + 48], xmm3",
+        "movdqu [rsp + 64], xmm4",
+        "movdqu [rsp + 80], xmm5",
+        "movdqu [rsp + 96], xmm6",
+        "movdqu [rsp + 112], xmm7",
+        "mov rdi, [rsp + 184]", // return address
+        "mov rsi, [rsp + 176]", // loc (the saved rdi)
+        "call {pre}",
+        "mov r11, rax",
+        "movdqu xmm0, [rsp + 0]",
+        "movdqu xmm1, [rsp + 16]",
+        "movdqu xmm2, [rsp + 32]",
+        "movdqu xmm3, [rsp + 48]",
+        "movdqu xmm4, [rsp + 64]",
+        "movdqu xmm5, [rsp + 80]",
+        "movdqu xmm6, [rsp + 96]",
+        "movdqu xmm7, [rsp + 112]",
+        "add rsp, 128",
+        "pop rax",
+        "pop r9",
+        "pop r8",
+        "pop rcx",
+        "pop rdx",
+        "pop rsi",
+        "pop rdi",
+        // The region returns to the landing pad below instead of the caller.
+        "lea r10, [rip + 2f]",
+        "mov [rsp], r10",
+        "jmp r11",
+        "2:",
+        // Back from the region: rsp is the caller's (16-byte aligned).
+        "call {post}",
+        "jmp rax",
+        pre = sym kmpc_pre,
+        post = sym kmpc_post,
+    );
+}
