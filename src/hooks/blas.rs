@@ -85,338 +85,69 @@ macro_rules! call {
     };
 }
 
-unsafe extern "C" fn blas_cblas_sgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 100, c"cblas_sgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
+/// One hooked BLAS entry point: size, forward, give back.
+macro_rules! blas {
+    ($id:expr, $tramp:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
+        unsafe extern "C" fn $body($($a: $t),*) {
+            let g = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")));
+            call!(g.real, fn($($t),*) -> (), $($a),*);
+            leave(g);
+        }
+        $tramp!($name => $body);
+    };
 }
-trampoline_fp!(cblas_sgemm => blas_cblas_sgemm);
 
-unsafe extern "C" fn blas_cblas_dgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 101, c"cblas_dgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
+fn cname(s: &'static str) -> &'static CStr {
+    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
 }
-trampoline_fp!(cblas_dgemm => blas_cblas_dgemm);
 
-unsafe extern "C" fn blas_cblas_cgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 102, c"cblas_cgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_cgemm => blas_cblas_cgemm);
-
-unsafe extern "C" fn blas_cblas_zgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 103, c"cblas_zgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_zgemm => blas_cblas_zgemm);
-
-unsafe extern "C" fn blas_cblas_ssyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 104, c"cblas_ssyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_ssyrk => blas_cblas_ssyrk);
-
-unsafe extern "C" fn blas_cblas_dsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 105, c"cblas_dsyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_dsyrk => blas_cblas_dsyrk);
-
-unsafe extern "C" fn blas_cblas_csyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 106, c"cblas_csyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_csyrk => blas_cblas_csyrk);
-
-unsafe extern "C" fn blas_cblas_zsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 107, c"cblas_zsyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_zsyrk => blas_cblas_zsyrk);
-
-unsafe extern "C" fn blas_cblas_sgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
-    let g = enter(take_caller(), 108, c"cblas_sgemv");
-    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(cblas_sgemv => blas_cblas_sgemv);
-
-unsafe extern "C" fn blas_cblas_dgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
-    let g = enter(take_caller(), 109, c"cblas_dgemv");
-    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(cblas_dgemv => blas_cblas_dgemv);
-
-unsafe extern "C" fn blas_cblas_cgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 110, c"cblas_cgemv");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(cblas_cgemv => blas_cblas_cgemv);
-
-unsafe extern "C" fn blas_cblas_zgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 111, c"cblas_zgemv");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(cblas_zgemv => blas_cblas_zgemv);
-
-unsafe extern "C" fn blas_cblas_sgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 112, c"cblas_sgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_sgemm64_ => blas_cblas_sgemm64_);
-
-unsafe extern "C" fn blas_cblas_dgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 113, c"cblas_dgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_dgemm64_ => blas_cblas_dgemm64_);
-
-unsafe extern "C" fn blas_cblas_cgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 114, c"cblas_cgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_cgemm64_ => blas_cblas_cgemm64_);
-
-unsafe extern "C" fn blas_cblas_zgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 115, c"cblas_zgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_zgemm64_ => blas_cblas_zgemm64_);
-
-unsafe extern "C" fn blas_cblas_ssyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 116, c"cblas_ssyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_ssyrk64_ => blas_cblas_ssyrk64_);
-
-unsafe extern "C" fn blas_cblas_dsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 117, c"cblas_dsyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(cblas_dsyrk64_ => blas_cblas_dsyrk64_);
-
-unsafe extern "C" fn blas_cblas_csyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 118, c"cblas_csyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_csyrk64_ => blas_cblas_csyrk64_);
-
-unsafe extern "C" fn blas_cblas_zsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 119, c"cblas_zsyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(cblas_zsyrk64_ => blas_cblas_zsyrk64_);
-
-unsafe extern "C" fn blas_cblas_sgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
-    let g = enter(take_caller(), 120, c"cblas_sgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(cblas_sgemv64_ => blas_cblas_sgemv64_);
-
-unsafe extern "C" fn blas_cblas_dgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
-    let g = enter(take_caller(), 121, c"cblas_dgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(cblas_dgemv64_ => blas_cblas_dgemv64_);
-
-unsafe extern "C" fn blas_cblas_cgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 122, c"cblas_cgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(cblas_cgemv64_ => blas_cblas_cgemv64_);
-
-unsafe extern "C" fn blas_cblas_zgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 123, c"cblas_zgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(cblas_zgemv64_ => blas_cblas_zgemv64_);
-
-unsafe extern "C" fn blas_scipy_cblas_sgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 124, c"scipy_cblas_sgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_sgemm => blas_scipy_cblas_sgemm);
-
-unsafe extern "C" fn blas_scipy_cblas_dgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 125, c"scipy_cblas_dgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dgemm => blas_scipy_cblas_dgemm);
-
-unsafe extern "C" fn blas_scipy_cblas_cgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 126, c"scipy_cblas_cgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_cgemm => blas_scipy_cblas_cgemm);
-
-unsafe extern "C" fn blas_scipy_cblas_zgemm(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 127, c"scipy_cblas_zgemm");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_zgemm => blas_scipy_cblas_zgemm);
-
-unsafe extern "C" fn blas_scipy_cblas_ssyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 128, c"scipy_cblas_ssyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_ssyrk => blas_scipy_cblas_ssyrk);
-
-unsafe extern "C" fn blas_scipy_cblas_dsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 129, c"scipy_cblas_dsyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dsyrk => blas_scipy_cblas_dsyrk);
-
-unsafe extern "C" fn blas_scipy_cblas_csyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 130, c"scipy_cblas_csyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_csyrk => blas_scipy_cblas_csyrk);
-
-unsafe extern "C" fn blas_scipy_cblas_zsyrk(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 131, c"scipy_cblas_zsyrk");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_zsyrk => blas_scipy_cblas_zsyrk);
-
-unsafe extern "C" fn blas_scipy_cblas_sgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
-    let g = enter(take_caller(), 132, c"scipy_cblas_sgemv");
-    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_sgemv => blas_scipy_cblas_sgemv);
-
-unsafe extern "C" fn blas_scipy_cblas_dgemv(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
-    let g = enter(take_caller(), 133, c"scipy_cblas_dgemv");
-    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dgemv => blas_scipy_cblas_dgemv);
-
-unsafe extern "C" fn blas_scipy_cblas_cgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 134, c"scipy_cblas_cgemv");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(scipy_cblas_cgemv => blas_scipy_cblas_cgemv);
-
-unsafe extern "C" fn blas_scipy_cblas_zgemv(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 135, c"scipy_cblas_zgemv");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(scipy_cblas_zgemv => blas_scipy_cblas_zgemv);
-
-unsafe extern "C" fn blas_scipy_cblas_sgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 136, c"scipy_cblas_sgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_sgemm64_ => blas_scipy_cblas_sgemm64_);
-
-unsafe extern "C" fn blas_scipy_cblas_dgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 137, c"scipy_cblas_dgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dgemm64_ => blas_scipy_cblas_dgemm64_);
-
-unsafe extern "C" fn blas_scipy_cblas_cgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 138, c"scipy_cblas_cgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_cgemm64_ => blas_scipy_cblas_cgemm64_);
-
-unsafe extern "C" fn blas_scipy_cblas_zgemm64_(order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 139, c"scipy_cblas_zgemm64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_zgemm64_ => blas_scipy_cblas_zgemm64_);
-
-unsafe extern "C" fn blas_scipy_cblas_ssyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize) {
-    let g = enter(take_caller(), 140, c"scipy_cblas_ssyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f32, P, isize, f32, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_ssyrk64_ => blas_scipy_cblas_ssyrk64_);
-
-unsafe extern "C" fn blas_scipy_cblas_dsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize) {
-    let g = enter(take_caller(), 141, c"scipy_cblas_dsyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, f64, P, isize, f64, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dsyrk64_ => blas_scipy_cblas_dsyrk64_);
-
-unsafe extern "C" fn blas_scipy_cblas_csyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 142, c"scipy_cblas_csyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_csyrk64_ => blas_scipy_cblas_csyrk64_);
-
-unsafe extern "C" fn blas_scipy_cblas_zsyrk64_(order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize) {
-    let g = enter(take_caller(), 143, c"scipy_cblas_zsyrk64_");
-    call!(g.real, fn(isize, isize, isize, isize, isize, P, P, isize, P, P, isize) -> (), order, uplo, trans, n, k, alpha, a, lda, beta, c, ldc);
-    leave(g);
-}
-trampoline!(scipy_cblas_zsyrk64_ => blas_scipy_cblas_zsyrk64_);
-
-unsafe extern "C" fn blas_scipy_cblas_sgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize) {
-    let g = enter(take_caller(), 144, c"scipy_cblas_sgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, f32, P, isize, P, isize, f32, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_sgemv64_ => blas_scipy_cblas_sgemv64_);
-
-unsafe extern "C" fn blas_scipy_cblas_dgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize) {
-    let g = enter(take_caller(), 145, c"scipy_cblas_dgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, f64, P, isize, P, isize, f64, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline_fp!(scipy_cblas_dgemv64_ => blas_scipy_cblas_dgemv64_);
-
-unsafe extern "C" fn blas_scipy_cblas_cgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 146, c"scipy_cblas_cgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(scipy_cblas_cgemv64_ => blas_scipy_cblas_cgemv64_);
-
-unsafe extern "C" fn blas_scipy_cblas_zgemv64_(order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize) {
-    let g = enter(take_caller(), 147, c"scipy_cblas_zgemv64_");
-    call!(g.real, fn(isize, isize, isize, isize, P, P, isize, P, isize, P, P, isize) -> (), order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy);
-    leave(g);
-}
-trampoline!(scipy_cblas_zgemv64_ => blas_scipy_cblas_zgemv64_);
+// Hook ids 100..=147. Complex routines take alpha/beta by pointer; real ones
+// by value in vector registers, hence trampoline_fp.
+blas!(100, trampoline_fp, cblas_sgemm, blas_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(101, trampoline_fp, cblas_dgemm, blas_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(102, trampoline, cblas_cgemm, blas_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(103, trampoline, cblas_zgemm, blas_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(104, trampoline_fp, cblas_ssyrk, blas_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(105, trampoline_fp, cblas_dsyrk, blas_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(106, trampoline, cblas_csyrk, blas_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(107, trampoline, cblas_zsyrk, blas_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(108, trampoline_fp, cblas_sgemv, blas_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(109, trampoline_fp, cblas_dgemv, blas_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(110, trampoline, cblas_cgemv, blas_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(111, trampoline, cblas_zgemv, blas_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(112, trampoline_fp, cblas_sgemm64_, blas_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(113, trampoline_fp, cblas_dgemm64_, blas_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(114, trampoline, cblas_cgemm64_, blas_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(115, trampoline, cblas_zgemm64_, blas_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(116, trampoline_fp, cblas_ssyrk64_, blas_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(117, trampoline_fp, cblas_dsyrk64_, blas_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(118, trampoline, cblas_csyrk64_, blas_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(119, trampoline, cblas_zsyrk64_, blas_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(120, trampoline_fp, cblas_sgemv64_, blas_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(121, trampoline_fp, cblas_dgemv64_, blas_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(122, trampoline, cblas_cgemv64_, blas_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(123, trampoline, cblas_zgemv64_, blas_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(124, trampoline_fp, scipy_cblas_sgemm, blas_scipy_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(125, trampoline_fp, scipy_cblas_dgemm, blas_scipy_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(126, trampoline, scipy_cblas_cgemm, blas_scipy_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(127, trampoline, scipy_cblas_zgemm, blas_scipy_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(128, trampoline_fp, scipy_cblas_ssyrk, blas_scipy_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(129, trampoline_fp, scipy_cblas_dsyrk, blas_scipy_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(130, trampoline, scipy_cblas_csyrk, blas_scipy_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(131, trampoline, scipy_cblas_zsyrk, blas_scipy_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(132, trampoline_fp, scipy_cblas_sgemv, blas_scipy_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(133, trampoline_fp, scipy_cblas_dgemv, blas_scipy_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(134, trampoline, scipy_cblas_cgemv, blas_scipy_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(135, trampoline, scipy_cblas_zgemv, blas_scipy_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(136, trampoline_fp, scipy_cblas_sgemm64_, blas_scipy_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(137, trampoline_fp, scipy_cblas_dgemm64_, blas_scipy_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(138, trampoline, scipy_cblas_cgemm64_, blas_scipy_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(139, trampoline, scipy_cblas_zgemm64_, blas_scipy_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(140, trampoline_fp, scipy_cblas_ssyrk64_, blas_scipy_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(141, trampoline_fp, scipy_cblas_dsyrk64_, blas_scipy_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(142, trampoline, scipy_cblas_csyrk64_, blas_scipy_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(143, trampoline, scipy_cblas_zsyrk64_, blas_scipy_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(144, trampoline_fp, scipy_cblas_sgemv64_, blas_scipy_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(145, trampoline_fp, scipy_cblas_dgemv64_, blas_scipy_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(146, trampoline, scipy_cblas_cgemv64_, blas_scipy_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(147, trampoline, scipy_cblas_zgemv64_, blas_scipy_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
