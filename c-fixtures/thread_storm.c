@@ -1,16 +1,27 @@
 /* W threads each create and join N short threads: a storm to count exactly.
- * usage: thread_storm W N */
+ * The short threads end in turn by returning, by pthread_exit, and by being
+ * cancelled. usage: thread_storm W N */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 static int per;
 static void *nothing(void *p) { return p; }
+static void *exits(void *p) { pthread_exit(p); }
+static void *waits_for_cancel(void *p) {
+    for (;;) pthread_testcancel();
+    return p;
+}
 static void *creator(void *p) {
     for (int i = 0; i < per; i++) {
         pthread_t t;
-        if (pthread_create(&t, NULL, nothing, NULL) == 0) pthread_join(t, NULL);
-        else __sync_fetch_and_add((int *)p, 1);
+        void *(*fn)(void *) = i % 3 == 0 ? nothing : i % 3 == 1 ? exits : waits_for_cancel;
+        if (pthread_create(&t, NULL, fn, NULL) == 0) {
+            if (fn == waits_for_cancel) pthread_cancel(t);
+            pthread_join(t, NULL);
+        } else {
+            __sync_fetch_and_add((int *)p, 1);
+        }
     }
     return NULL;
 }

@@ -75,6 +75,8 @@ fn forked_children_write_their_own_report() {
 
 #[test]
 fn thread_storm_is_counted_exactly() {
+    // A third of the short threads return, a third call pthread_exit and a
+    // third are cancelled: every end must be seen (live == 0 at exit).
     let dir = tempdir("storm");
     let r = cmd(&fixture("thread_storm"), &["4", "2500"])
         .shim()
