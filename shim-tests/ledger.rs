@@ -127,7 +127,7 @@ fn the_ledger_is_private_validated_and_removed() {
     assert!(r.ok().stderr.contains("wrong size"), "{}", r.stderr);
     std::fs::remove_file(&file).unwrap();
 
-    // A good one is created 0600 and removed by its creator at exit.
+    // A name the user chose is created 0600 and stays for the next job.
     let r = cmd("sh", &["-c", &format!("stat -c %a {file}; {} 0 | grep team", fixture("omp_teams_gcc"))])
         .shim()
         .cores(2)
@@ -135,7 +135,18 @@ fn the_ledger_is_private_validated_and_removed() {
         .run();
     r.ok();
     assert_eq!(r.stdout.lines().next().unwrap(), "600");
-    assert!(!std::path::Path::new(&file).exists(), "the creator removes the name at exit");
+    assert!(std::path::Path::new(&file).exists());
+    let again = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
+    assert!(again.ok().shim_lines().is_empty(), "reused silently: {}", again.stderr);
+    std::fs::remove_file(&file).unwrap();
+
+    // A generated name is 0600 and removed by the last member to leave.
+    let r = cmd("sh", &["-c", "echo name=$PARBUDGET_LEDGER; stat -c mode=%a /dev/shm$PARBUDGET_LEDGER"]).shim().cores(2).run();
+    r.ok();
+    assert_eq!(r.get("mode"), "600");
+    let generated = format!("/dev/shm{}", r.get("name"));
+    assert!(r.get("name").starts_with("/parbudget-"));
+    assert!(!std::path::Path::new(&generated).exists(), "removed at exit: {generated}");
 }
 
 #[test]

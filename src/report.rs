@@ -261,7 +261,9 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
     // Write to a temporary name, then rename: a reader never sees half a file.
     let mut tmp = StackBuf::<1200>::new();
     tmp.push_bytes(c.to_bytes());
-    let _ = write!(tmp, ".tmp{}", pid);
+    // Unique per write: a signal report and the exit report may overlap.
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let _ = write!(tmp, ".tmp{}-{}", pid, SEQ.fetch_add(1, Relaxed));
     let Some(t) = tmp.as_cstr() else { return };
     // SAFETY: NUL-terminated path; 0600: the report names our libraries and is
     // the user's own business.
@@ -318,6 +320,9 @@ extern "C" fn at_exit() {
 static OLD_ACTION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // A handler must leave errno as it found it.
+    // SAFETY: errno of this thread.
+    let saved_errno = unsafe { *libc::__errno_location() };
     if let Some(s) = crate::init::ready() {
         let dest = s.report.as_deref().unwrap_or(b"stderr");
         write_to_destination(s, dest);
@@ -336,6 +341,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
             }
         }
     }
+    // SAFETY: restoring this thread's errno.
+    unsafe { *libc::__errno_location() = saved_errno };
 }
 
 /// Registers the exit report and the signal report. Called from our constructor.

@@ -30,6 +30,19 @@ struct Grant {
     real: usize,
     extras: u32,
     counted: bool,
+    caller: bool,
+}
+
+/// Gives the grant back when dropped, also on a forced unwind (cancellation).
+struct Leave(Grant);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if self.0.counted {
+            crate::hooks::regions::release_held(u32::from(self.0.caller) + self.0.extras);
+            ledger::leave(self.0.extras, self.0.caller);
+        }
+    }
 }
 
 fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
@@ -39,7 +52,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };
-    let pass = Grant { real: t.real, extras: 0, counted: false };
+    let pass = Grant { real: t.real, extras: 0, counted: false, caller: false };
     let Some(s) = settings else { return pass };
     fenced(pass, || {
         let Some(c) = t.copy.and_then(runtime::copy) else { return pass };
@@ -54,7 +67,10 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         let config = c.blas_config.load(Relaxed);
         c.stats.note_request(config);
         let ceiling = config.clamp(1, s.budget.cores);
-        let extras = ledger::enter(ceiling - 1);
+        // A BLAS call inside a region on this thread: the thread is counted.
+        let caller = crate::hooks::regions::held_here() == 0;
+        let extras = ledger::enter(ceiling - 1, caller);
+        crate::hooks::regions::add_held(u32::from(caller) + extras);
         let team = 1 + extras;
         if team != cur {
             c.set_threads(team);
@@ -66,32 +82,27 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
             c.stats.cut.fetch_add(1, Relaxed);
         }
         debug!("blas_grant symbol={} ceiling={} team={}", Quoted(name.to_bytes()), ceiling, team);
-        Grant { real: t.real, extras, counted: true }
+        Grant { real: t.real, extras, counted: true, caller }
     })
 }
 
-fn leave(g: Grant) {
-    if g.counted {
-        ledger::leave(g.extras);
-    }
-}
 
 /// SAFETY (for every `call!` below): `real` was resolved by this very name in
 /// the caller's own scope; the declared types pass every argument through in
 /// the same register or stack slot (integers as isize, floats as f32/f64).
 macro_rules! call {
     ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
-        unsafe { core::mem::transmute::<usize, extern "C" fn($($t),*) -> $r>($real)($($a),*) }
+        unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
     };
 }
 
 /// One hooked BLAS entry point: size, forward, give back.
 macro_rules! blas {
     ($id:expr, $tramp:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
-        unsafe extern "C" fn $body($($a: $t),*) {
+        unsafe extern "C-unwind" fn $body($($a: $t),*) {
             let g = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")));
+            let _give_back = Leave(g);
             call!(g.real, fn($($t),*) -> (), $($a),*);
-            leave(g);
         }
         $tramp!($name => $body);
     };

@@ -16,12 +16,20 @@ thread_local! {
     /// Threads this thread holds in the ledger (itself and extras, per region).
     static HELD: Cell<u32> = const { Cell::new(0) };
     /// Grants of `GOMP_*_start` regions, returned by `GOMP_parallel_end`.
-    static START_STACK: Cell<[u32; 16]> = const { Cell::new([0; 16]) };
+    static START_STACK: Cell<[(u32, u8); 16]> = const { Cell::new([(0, 0); 16]) };
     static START_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
 pub fn held_here() -> u32 {
     HELD.with(|h| h.get())
+}
+
+pub fn add_held(n: u32) {
+    HELD.with(|h| h.set(h.get() + n));
+}
+
+pub fn release_held(n: u32) {
+    HELD.with(|h| h.set(h.get().saturating_sub(n)));
 }
 
 /// A sized region: where to forward, with how many threads, and what to give
@@ -33,9 +41,23 @@ struct Entry {
     extras: u32,
     /// Whether the ledger counted this region (leave must give it back).
     counted: bool,
+    /// Whether the caller itself was counted (false when nested on a thread
+    /// an enclosing region already counts).
+    caller: bool,
 }
 
-type Body = extern "C" fn(*mut c_void);
+/// Gives a region's grant back when dropped: at the normal end, and also when
+/// the thread is cancelled or calls pthread_exit inside the region (a forced
+/// unwind runs destructors).
+struct Leave(Entry);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        leave(&self.0);
+    }
+}
+
+type Body = extern "C-unwind" fn(*mut c_void);
 
 /// Sizes a region that asked for `requested` threads (0: the runtime's default).
 fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry {
@@ -47,7 +69,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
         // SAFETY: abort has no preconditions; there is nothing to forward to.
         unsafe { libc::abort() };
     };
-    let passthrough = Entry { real: target.real, team: requested, extras: 0, counted: false };
+    let passthrough = Entry { real: target.real, team: requested, extras: 0, counted: false, caller: false };
     fenced(passthrough, || {
         let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
         if let Some((i, c)) = copy {
@@ -55,18 +77,19 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
                 fork::child_region(c, name);
                 c.stats.regions.fetch_add(1, Relaxed);
                 c.stats.team_sum.fetch_add(1, Relaxed);
-                return Entry { real: target.real, team: 1, extras: 0, counted: false };
+                return Entry { real: target.real, team: 1, extras: 0, counted: false, caller: false };
             }
         }
-        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0, counted: false } };
+        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0, counted: false, caller: false } };
         let budget = s.budget.cores;
         let asked = match requested {
             0 => copy.and_then(|(_, c)| c.get_threads()).map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
             n => n,
         };
         let want = asked.clamp(1, budget);
-        let extras = ledger::enter(want - 1);
-        HELD.with(|h| h.set(h.get() + 1 + extras));
+        let caller = HELD.with(|h| h.get()) == 0;
+        let extras = ledger::enter(want - 1, caller);
+        HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
         let team = ledger::team(extras);
         if let Some((i, c)) = copy {
             c.stats.note_request(asked);
@@ -87,22 +110,22 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             team,
             ledger::free()
         );
-        Entry { real: target.real, team, extras, counted: true }
+        Entry { real: target.real, team, extras, counted: true, caller }
     })
 }
 
 /// Ends a region sized by `enter` (or passed through: `Entry::counted` false).
 fn leave(e: &Entry) {
     if e.counted {
-        HELD.with(|h| h.set(h.get().saturating_sub(1 + e.extras)));
-        ledger::leave(e.extras);
+        HELD.with(|h| h.set(h.get().saturating_sub(u32::from(e.caller) + e.extras)));
+        ledger::leave(e.extras, e.caller);
     }
 }
 
-/// Remembers a `_start` region's grant until its `GOMP_parallel_end`. Stored
-/// as extras + 1, with 0 meaning "not counted" (passed through).
+/// Remembers a `_start` region's grant until its `GOMP_parallel_end`, as
+/// (extras, flags: 1 counted, 2 caller counted).
 fn push_start(e: Entry) {
-    let code = if e.counted { e.extras + 1 } else { 0 };
+    let code = (e.extras, u8::from(e.counted) | (u8::from(e.caller) << 1));
     let d = START_DEPTH.with(|d| d.get());
     if d < 16 {
         START_STACK.with(|s| {
@@ -119,27 +142,26 @@ fn push_start(e: Entry) {
 
 fn pop_start() -> Entry {
     let d = START_DEPTH.with(|d| d.get());
-    let code = if d == 0 || d > 16 { 0 } else { START_STACK.with(|s| s.get()[d - 1]) };
+    let (extras, flags) = if d == 0 || d > 16 { (0, 0) } else { START_STACK.with(|s| s.get()[d - 1]) };
     START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
-    Entry { real: 0, team: 0, extras: code.saturating_sub(1), counted: code > 0 }
+    Entry { real: 0, team: 0, extras, counted: flags & 1 != 0, caller: flags & 2 != 0 }
 }
 
 /// SAFETY (for every `call!` below): `real` was resolved by this very name in
 /// the caller's own scope, so it has the GOMP ABI signature we declare.
 macro_rules! call {
     ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
-        unsafe { core::mem::transmute::<usize, extern "C" fn($($t),*) -> $r>($real)($($a),*) }
+        unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
     };
 }
 
 /// A region that runs to completion inside the call: size, forward, give back.
 macro_rules! region {
     ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
-        unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
+        unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
-            let r = call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*);
-            leave(&e);
-            r
+            let _give_back = Leave(e);
+            call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*)
         }
         trampoline!($name => $body);
     };
@@ -148,7 +170,7 @@ macro_rules! region {
 /// A `_start` region: the team lives until `GOMP_parallel_end`.
 macro_rules! region_start {
     ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
-        unsafe extern "C" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
+        unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
             push_start(e);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> (), f, data, e.team $(, $a)*);
@@ -180,7 +202,7 @@ region_start!(54, GOMP_parallel_loop_dynamic_start, gomp_parallel_loop_dynamic_s
 region_start!(55, GOMP_parallel_loop_guided_start, gomp_parallel_loop_guided_start, (s: c_long, e: c_long, i: c_long, c: c_long));
 region_start!(56, GOMP_parallel_loop_runtime_start, gomp_parallel_loop_runtime_start, (s: c_long, e: c_long, i: c_long));
 
-unsafe extern "C" fn gomp_parallel_end() {
+unsafe extern "C-unwind" fn gomp_parallel_end() {
     let ret = take_caller();
     let target = fenced(None, || runtime::resolve(ret, 57, c"GOMP_parallel_end"));
     let Some(t) = target else {
@@ -197,7 +219,7 @@ trampoline!(GOMP_parallel_end => gomp_parallel_end);
 /// (no threads of their own); libomp forks them. Only the thread limit of the
 /// regions inside is bounded: by the budget, or to 1 in a child that must run
 /// serially. The number of teams is the program's business.
-unsafe extern "C" fn gomp_teams_reg(f: Body, data: *mut c_void, num_teams: c_uint, thread_limit: c_uint, flags: c_uint) {
+unsafe extern "C-unwind" fn gomp_teams_reg(f: Body, data: *mut c_void, num_teams: c_uint, thread_limit: c_uint, flags: c_uint) {
     let (real, l) = limit(take_caller(), 58, c"GOMP_teams_reg", thread_limit);
     call!(real, fn(Body, *mut c_void, c_uint, c_uint, c_uint) -> (), f, data, num_teams, l, flags);
 }
@@ -217,13 +239,13 @@ fn limit(ret: usize, hook: u8, name: &'static CStr, thread_limit: c_uint) -> (us
     (t.real, l)
 }
 
-unsafe extern "C" fn gomp_teams(num_teams: c_uint, thread_limit: c_uint) {
+unsafe extern "C-unwind" fn gomp_teams(num_teams: c_uint, thread_limit: c_uint) {
     let (real, l) = limit(take_caller(), 59, c"GOMP_teams", thread_limit);
     call!(real, fn(c_uint, c_uint) -> (), num_teams, l);
 }
 trampoline!(GOMP_teams => gomp_teams);
 
-unsafe extern "C" fn gomp_teams4(low: c_uint, high: c_uint, thread_limit: c_uint, first: bool) -> bool {
+unsafe extern "C-unwind" fn gomp_teams4(low: c_uint, high: c_uint, thread_limit: c_uint, first: bool) -> bool {
     let (real, l) = limit(take_caller(), 60, c"GOMP_teams4", thread_limit);
     call!(real, fn(c_uint, c_uint, c_uint, bool) -> bool, low, high, l, first)
 }
@@ -232,7 +254,7 @@ trampoline!(GOMP_teams4 => gomp_teams4);
 /// LLVM/Intel: a `num_threads` clause arrives here before `__kmpc_fork_call`.
 /// Clamped to the budget (a static limit; the per-region ledger covers the
 /// GOMP entry points).
-unsafe extern "C" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) {
+unsafe extern "C-unwind" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) {
     let ret = take_caller();
     let settings = crate::init::ensure();
     let Some(t) = fenced(None, || runtime::resolve(ret, 61, c"__kmpc_push_num_threads")) else {
@@ -280,8 +302,17 @@ thread_local! {
     static KMPC_DEPTH_NOW: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Before the real `__kmpc_fork_call`: returns the real function's address.
-extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> usize {
+/// What `kmpc_pre` tells the trampoline (returned in rax:rdx).
+#[repr(C)]
+struct KmpcGo {
+    real: usize,
+    /// 1: replace the return address with the landing pad; 0: plain jump
+    /// (too deeply nested to track: the region runs unsized, never aborts).
+    land: usize,
+}
+
+/// Before the real `__kmpc_fork_call`.
+extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
     let settings = crate::init::ensure();
     let Some(t) = fenced(None, || runtime::resolve(ret, 62, c"__kmpc_fork_call")) else {
         error!("unresolved symbol=\"__kmpc_fork_call\" caller={:#x}", ret);
@@ -289,6 +320,12 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> usize {
         unsafe { libc::abort() };
     };
     let pushed = PENDING_PUSH.with(|p| p.replace(0));
+    let d = KMPC_DEPTH_NOW.with(|d| d.get());
+    if d >= KMPC_DEPTH {
+        // Recursive code nests inactive regions without bound: stop tracking
+        // (no grant is taken, so nothing needs giving back).
+        return KmpcGo { real: t.real, land: 0 };
+    }
     let code = fenced(0, || {
         let Some(s) = settings else { return 0 };
         let Some(c) = t.copy.and_then(runtime::copy) else { return 0 };
@@ -303,9 +340,10 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> usize {
         ) else {
             return 0;
         };
-        let extras = ledger::enter(want - 1);
+        let caller = HELD.with(|h| h.get()) == 0;
+        let extras = ledger::enter(want - 1, caller);
         let team = ledger::team(extras);
-        HELD.with(|h| h.set(h.get() + 1 + extras));
+        HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
         unsafe {
@@ -319,21 +357,15 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> usize {
             c.stats.cut.fetch_add(1, Relaxed);
         }
         debug!("grant symbol=\"__kmpc_fork_call\" impl={} asked={} team={} free={}", c.imp.name(), asked, team, ledger::free());
-        extras + 1
+        (extras + 1) | if caller { 1 << 31 } else { 0 }
     });
-    let d = KMPC_DEPTH_NOW.with(|d| d.get());
-    if d >= KMPC_DEPTH {
-        error!("kmpc_nesting_too_deep depth={}", d);
-        // SAFETY: we could not return to the caller without the saved address.
-        unsafe { libc::abort() };
-    }
     KMPC_STACK.with(|s| {
         let mut a = s.get();
         a[d] = (ret, code);
         s.set(a);
     });
     KMPC_DEPTH_NOW.with(|x| x.set(d + 1));
-    t.real
+    KmpcGo { real: t.real, land: 1 }
 }
 
 /// After the real `__kmpc_fork_call` returned: gives the grant back and
@@ -343,7 +375,9 @@ extern "C" fn kmpc_post() -> usize {
     KMPC_DEPTH_NOW.with(|x| x.set(d));
     let (ret, code) = KMPC_STACK.with(|s| s.get()[d]);
     if code > 0 {
-        leave(&Entry { real: 0, team: 0, extras: code - 1, counted: true });
+        let caller = code & (1 << 31) != 0;
+        let extras = (code & !(1 << 31)) - 1;
+        leave(&Entry { real: 0, team: 0, extras, counted: true, caller });
     }
     ret
 }
@@ -375,6 +409,7 @@ pub unsafe extern "C" fn __kmpc_fork_call() {
         "mov rsi, [rsp + 176]", // loc (the saved rdi)
         "call {pre}",
         "mov r11, rax",
+        "mov r10, rdx",
         "movdqu xmm0, [rsp + 0]",
         "movdqu xmm1, [rsp + 16]",
         "movdqu xmm2, [rsp + 32]",
@@ -391,9 +426,13 @@ pub unsafe extern "C" fn __kmpc_fork_call() {
         "pop rdx",
         "pop rsi",
         "pop rdi",
-        // The region returns to the landing pad below instead of the caller.
+        // The region returns to the landing pad below instead of the caller
+        // (unless kmpc_pre said not to track this one).
+        "test r10, r10",
+        "jz 3f",
         "lea r10, [rip + 2f]",
         "mov [rsp], r10",
+        "3:",
         "jmp r11",
         "2:",
         // Back from the region: rsp is the caller's (16-byte aligned).

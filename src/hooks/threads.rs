@@ -48,7 +48,9 @@ fn stats_of(owner: usize) -> &'static Stats {
 }
 
 extern "C" fn thread_ended(value: *mut c_void) {
-    stats_of(value as usize - 1).threads_live.fetch_sub(1, Relaxed);
+    // Saturating: in a forked child the counters restarted at 0, and a thread
+    // created before the fork may end there.
+    let _ = stats_of(value as usize - 1).threads_live.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
 }
 
 fn key() -> Option<libc::pthread_key_t> {

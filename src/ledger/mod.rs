@@ -21,14 +21,16 @@ static LOCAL: Ledger = Ledger::new();
 
 /// A caller enters a region wanting `want` extra workers: from the tree's
 /// ledger if attached, else from this process's. Returns the extras granted.
-pub fn enter(want: u32) -> u32 {
-    shared::enter(want).unwrap_or_else(|| LOCAL.enter(want))
+/// `count_caller` is false for a region nested on a thread already counted
+/// by an enclosing region (it must not count twice).
+pub fn enter(want: u32, count_caller: bool) -> u32 {
+    shared::enter(want, count_caller).unwrap_or_else(|| LOCAL.enter_as(want, count_caller))
 }
 
-/// The region entered with `extras` ended.
-pub fn leave(extras: u32) {
-    if !shared::leave(extras) {
-        LOCAL.leave(extras);
+/// The region entered with `extras` (and the same `count_caller`) ended.
+pub fn leave(extras: u32, count_caller: bool) {
+    if !shared::leave(extras, count_caller) {
+        LOCAL.leave_as(extras, count_caller);
     }
 }
 
@@ -42,11 +44,12 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
     shared::forget_slot_in_child();
 }
 
-/// At exit (and `_exit`): give our share back; the creator removes the name.
+/// At exit (and `_exit`): give our share back. The last member to leave a
+/// ledger whose name we generated removes the name; a name the user chose
+/// stays (it is reused, and dead members' slots are reclaimed).
 pub fn at_exit() {
-    shared::leave_tree();
-    if shared::created_here() {
-        if let Some(name) = crate::config::getenv(c"PARBUDGET_LEDGER") {
+    if shared::leave_tree() {
+        if let Some(name) = crate::config::getenv(c"PARBUDGET_LEDGER").filter(|n| is_generated(n.as_bytes())) {
             let mut n = StackBuf::<256>::new();
             n.push_bytes(name.as_bytes());
             if let Some(c) = n.as_cstr() {
@@ -113,6 +116,13 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) -> (u32, Option<u32>) {
     }
 }
 
+fn is_generated(name: &[u8]) -> bool {
+    // SAFETY: getuid has no preconditions.
+    let mut p = StackBuf::<64>::new();
+    let _ = write!(p, "/parbudget-{}-", unsafe { libc::getuid() });
+    name.starts_with(p.as_bytes())
+}
+
 fn new_name() -> StackBuf<1024> {
     let mut n = StackBuf::new();
     // SAFETY: getuid/getpid have no preconditions.
@@ -124,8 +134,8 @@ fn new_name() -> StackBuf<1024> {
     n
 }
 
-/// Removes this user's ledgers whose creator is gone and never cleaned up
-/// (it was killed). Only names of our own pattern and uid are touched.
+/// Removes this user's generated ledgers that no live process uses (their
+/// last member was killed). Only names of our own pattern and uid are touched.
 fn cleanup_stale() {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -136,8 +146,8 @@ fn cleanup_stale() {
         let Some(rest) = name.strip_prefix(&prefix) else { continue };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
         // SAFETY: kill with signal 0 only checks existence.
-        let gone = unsafe { libc::kill(pid, 0) } != 0 && unsafe { *libc::__errno_location() } == libc::ESRCH;
-        if gone {
+        let creator_gone = unsafe { libc::kill(pid, 0) } != 0 && unsafe { *libc::__errno_location() } == libc::ESRCH;
+        if creator_gone && shared::abandoned(format!("/{name}").as_bytes()) {
             if let Ok(c) = std::ffi::CString::new(format!("/{name}")) {
                 // SAFETY: NUL-terminated name of our own pattern.
                 unsafe { libc::shm_unlink(c.as_ptr()) };
@@ -165,13 +175,20 @@ impl Ledger {
 
     /// A caller enters a region wanting `want` extra workers: counts the
     /// caller and grants what fits. Returns the extras granted.
+    #[cfg(test)]
     pub fn enter(&self, want: u32) -> u32 {
+        self.enter_as(want, true)
+    }
+
+    /// As `enter`; with `count_caller` false the caller is already counted
+    /// (a nested region on the same thread) and only extras are taken.
+    pub fn enter_as(&self, want: u32, count_caller: bool) -> u32 {
         let cores = self.cores.load(Relaxed);
+        let me = u32::from(count_caller);
         let mut cur = self.used.load(Relaxed);
         loop {
-            let with_caller = cur.saturating_add(1);
-            let extras = want.min(cores.saturating_sub(with_caller));
-            match self.used.compare_exchange_weak(cur, with_caller + extras, Acquire, Relaxed) {
+            let extras = want.min(cores.saturating_sub(cur.saturating_add(me)));
+            match self.used.compare_exchange_weak(cur, cur + me + extras, Acquire, Relaxed) {
                 Ok(_) => return extras,
                 Err(now) => cur = now,
             }
@@ -179,8 +196,13 @@ impl Ledger {
     }
 
     /// The region entered with `extras` ended: the caller and its extras go back.
+    #[cfg(test)]
     pub fn leave(&self, extras: u32) {
-        let n = extras + 1;
+        self.leave_as(extras, true);
+    }
+
+    pub fn leave_as(&self, extras: u32, count_caller: bool) {
+        let n = extras + u32::from(count_caller);
         let _ = self.used.fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
     }
 
@@ -235,6 +257,19 @@ mod tests {
             l.leave(g);
         }
         assert_eq!(l.free(), 2);
+    }
+
+    #[test]
+    fn nested_regions_on_one_thread_do_not_count_it_twice() {
+        let l = Ledger::new();
+        l.reset(4, 0);
+        let outer = l.enter(1);
+        assert_eq!(outer, 1);
+        let inner = l.enter_as(3, false);
+        assert_eq!(inner, 2, "4 cores - (the caller, counted once, + the outer extra)");
+        l.leave_as(inner, false);
+        l.leave(outer);
+        assert_eq!(l.free(), 4);
     }
 
     #[test]

@@ -74,11 +74,26 @@ pub fn budget() -> Option<(u32, u32)> {
     header().map(|h| (h.budget, h.source))
 }
 
+std::thread_local! {
+    /// True while this thread holds the ledger mutex: a signal handler that
+    /// calls `_exit` there must not lock it again (it is not recursive).
+    static HOLDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
 /// Holds the ledger's mutex; on EOWNERDEAD repairs the books first.
 struct Locked(&'static Header);
 
 impl Locked {
     fn new(h: &'static Header) -> Option<Locked> {
+        if HOLDING.with(|f| f.get()) {
+            return None; // reentered from a signal handler on this thread
+        }
+        let l = Self::lock(h)?;
+        HOLDING.with(|f| f.set(true));
+        Some(l)
+    }
+
+    fn lock(h: &'static Header) -> Option<Locked> {
         // SAFETY: the mutex lives in the validated mapping and was initialised
         // process-shared and robust by the creator.
         let r = unsafe { libc::pthread_mutex_lock(h.lock.get()) };
@@ -100,6 +115,7 @@ impl Locked {
 
 impl Drop for Locked {
     fn drop(&mut self) {
+        HOLDING.with(|f| f.set(false));
         // SAFETY: we hold the mutex.
         unsafe { libc::pthread_mutex_unlock(self.0.lock.get()) };
     }
@@ -121,12 +137,31 @@ fn proc_stat(pid: i32) -> Option<(u8, u64)> {
     Some((state, n))
 }
 
+/// Dead means: no such process, a reused pid (another start time), or a
+/// zombie whose every thread is gone. A process whose main thread called
+/// pthread_exit also shows 'Z' while its other threads run: still alive.
 fn alive(pid: i32, start: u64) -> bool {
     match proc_stat(pid) {
-        None => false,
-        Some((b'Z' | b'X' | b'x', _)) => false,
-        Some((_, st)) => st == start,
+        None => {
+            // SAFETY: kill with signal 0 only checks existence.
+            let gone = unsafe { libc::kill(pid, 0) } != 0 && unsafe { *libc::__errno_location() } == libc::ESRCH;
+            !gone
+        }
+        Some((_, st)) if st != start => false,
+        Some((b'Z' | b'X' | b'x', _)) => threads_of(pid) > 1,
+        Some(_) => true,
     }
+}
+
+/// `Threads:` from /proc/<pid>/status (0 if unreadable).
+fn threads_of(pid: i32) -> u32 {
+    let mut path = StackBuf::<64>::new();
+    let _ = write!(path, "/proc/{pid}/status");
+    let mut buf = [0u8; 2048];
+    let Some(text) = crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf) else { return 0 };
+    text.split(|b| *b == b'\n')
+        .find_map(|l| l.strip_prefix(b"Threads:"))
+        .map_or(0, |v| v.trim_ascii().iter().take_while(|b| b.is_ascii_digit()).fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
 }
 
 /// Clears dead members' slots and takes their threads off `used`. With
@@ -172,13 +207,26 @@ fn my_start_time() -> u64 {
 
 /// This process's slot, claimed on first use. Caller holds the mutex.
 fn my_slot(h: &Header) -> Option<&Slot> {
-    let i = MY_SLOT.load(Relaxed);
-    if i < SLOTS {
-        return Some(&h.slots[i]);
-    }
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
+    let i = MY_SLOT.load(Relaxed);
+    if i < SLOTS && h.slots[i].pid.load(Relaxed) == pid {
+        return Some(&h.slots[i]);
+    }
+    // No slot yet, or ours was reclaimed (then its threads were already
+    // taken off `used`): claim one.
     let start = my_start_time();
+    if start == 0 {
+        return None;
+    }
+    // After exec the pid and start time are the same but the old image's
+    // regions are gone: adopt its slot and take its threads off `used`.
+    if let Some(j) = h.slots.iter().position(|s| s.pid.load(Relaxed) == pid && s.start_time.load(Relaxed) == start) {
+        let old = h.slots[j].held.swap(0, Relaxed);
+        h.used.store(h.used.load(Relaxed).saturating_sub(old), Relaxed);
+        MY_SLOT.store(j, Relaxed);
+        return Some(&h.slots[j]);
+    }
     let mut pick = None;
     for pass in 0..2 {
         pick = h.slots.iter().position(|s| s.pid.load(Relaxed) == 0);
@@ -198,14 +246,15 @@ fn my_slot(h: &Header) -> Option<&Slot> {
 
 /// A caller of this process enters a region wanting `want` extras: counts
 /// it and grants what fits. `None` if the shared ledger is not in use.
-pub fn enter(want: u32) -> Option<u32> {
+pub fn enter(want: u32, count_caller: bool) -> Option<u32> {
+    let me = u32::from(count_caller);
     let h = header()?;
     let l = Locked::new(h)?;
     let Some(slot) = my_slot(l.0) else {
         return Some(0); // no free slot: run teams of one rather than overspend
     };
     let mut used = h.used.load(Relaxed);
-    if want > 0 && used.saturating_add(1 + want) > h.budget {
+    if want > 0 && used.saturating_add(me + want) > h.budget {
         // Short: maybe a dead member still counts. Rate-limited, so a
         // SIGKILLed member's threads come back within ~50 ms.
         let now = now_ms();
@@ -216,40 +265,48 @@ pub fn enter(want: u32) -> Option<u32> {
             used = h.used.load(Relaxed);
         }
     }
-    let extras = want.min(h.budget.saturating_sub(used.saturating_add(1)));
-    h.used.store(used + 1 + extras, Relaxed);
-    slot.held.fetch_add(1 + extras, Relaxed);
+    // A nested region on an already-counted thread asks only for extras.
+    let extras = want.min(h.budget.saturating_sub(used.saturating_add(me)));
+    h.used.store(used + me + extras, Relaxed);
+    slot.held.fetch_add(me + extras, Relaxed);
     Some(extras)
 }
 
 /// The region entered with `extras` ended. Never gives back more than this
 /// process holds: a forked child ending a region its parent entered is a no-op.
-pub fn leave(extras: u32) -> bool {
+pub fn leave(extras: u32, count_caller: bool) -> bool {
+    let n = extras + u32::from(count_caller);
     let Some(h) = header() else { return false };
     let Some(l) = Locked::new(h) else { return true };
     let i = MY_SLOT.load(Relaxed);
-    if i < SLOTS {
+    // SAFETY: getpid has no preconditions.
+    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == unsafe { libc::getpid() } {
         let s = &l.0.slots[i];
-        let d = s.held.load(Relaxed).min(extras + 1);
+        let d = s.held.load(Relaxed).min(n);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
         h.used.store(h.used.load(Relaxed).saturating_sub(d), Relaxed);
     }
     true
 }
 
-/// At exit: give back everything and free the slot.
-pub fn leave_tree() {
-    let Some(h) = header() else { return };
+/// At exit: give back everything and free the slot. Returns true when no
+/// live member remains (the name may then be removed).
+pub fn leave_tree() -> bool {
+    let Some(h) = header() else { return false };
     let i = MY_SLOT.swap(usize::MAX, Relaxed);
-    if i >= SLOTS {
-        return;
-    }
-    if let Some(l) = Locked::new(h) {
+    let Some(l) = Locked::new(h) else { return false };
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == pid {
         let s = &l.0.slots[i];
         let held = s.held.swap(0, Relaxed);
         h.used.store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
         s.pid.store(0, Relaxed);
     }
+    l.0.slots.iter().all(|s| {
+        let p = s.pid.load(Relaxed);
+        p == 0 || !alive(p, s.start_time.load(Relaxed))
+    })
 }
 
 /// In a forked child (atfork handler): the child has no slot yet. Flag only.
@@ -267,6 +324,7 @@ pub enum Refused {
     NotPrivate,
     WrongSize(i64),
     BadHeader,
+    NoProc,
 }
 
 impl core::fmt::Display for Refused {
@@ -276,6 +334,7 @@ impl core::fmt::Display for Refused {
             Refused::NotPrivate => f.write_str("not a regular file owned by this user with mode 0600"),
             Refused::WrongSize(s) => write!(f, "wrong size {s}"),
             Refused::BadHeader => f.write_str("bad magic, version or counts"),
+            Refused::NoProc => f.write_str("/proc/self/stat is unreadable, so dead members could not be told from live ones"),
         }
     }
 }
@@ -286,6 +345,9 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     let mut n = StackBuf::<256>::new();
     n.push_bytes(name);
     let cname = n.as_cstr().ok_or(Refused::Open(libc::ENAMETOOLONG))?;
+    if my_start_time() == 0 {
+        return Err(Refused::NoProc);
+    }
     // SAFETY: shm_open with a NUL-terminated name; O_EXCL so we know if we created it.
     let mut fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) };
     let created = fd >= 0;
@@ -305,9 +367,18 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
             }
         }
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        // SAFETY: fstat fills st.
-        if unsafe { libc::fstat(fd, &mut st) } != 0 {
-            return Err(Refused::NotPrivate);
+        // A joiner may open the name between the creator's create and its
+        // ftruncate: give the creator up to 200 ms to size it.
+        for _ in 0..200 {
+            // SAFETY: fstat fills st.
+            if unsafe { libc::fstat(fd, &mut st) } != 0 {
+                return Err(Refused::NotPrivate);
+            }
+            if created || st.st_size != 0 {
+                break;
+            }
+            // SAFETY: plain sleep.
+            unsafe { libc::usleep(1000) };
         }
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
@@ -369,6 +440,11 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     })();
     // SAFETY: the mapping outlives the descriptor.
     unsafe { libc::close(fd) };
+    if created && result.is_err() {
+        // Our half-made segment must not block the next process.
+        // SAFETY: removing the name we just created.
+        unsafe { libc::shm_unlink(cname.as_ptr()) };
+    }
     if result.is_ok() {
         if created {
             info!("ledger_created name={} cores={} bytes={}", Quoted(name), cores, SIZE);
@@ -379,10 +455,39 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     result
 }
 
-/// True if this process created the ledger (it unlinks the name at exit).
-pub fn created_here() -> bool {
-    // SAFETY: getpid has no preconditions.
-    header().is_some_and(|h| h.creator == unsafe { libc::getpid() })
+/// For stale-name cleanup: maps the ledger `name` read-only and says whether
+/// no live member remains. Refuses (false) anything that does not validate.
+pub fn abandoned(name: &[u8]) -> bool {
+    let mut n = StackBuf::<256>::new();
+    n.push_bytes(name);
+    let Some(c) = n.as_cstr() else { return false };
+    // SAFETY: read-only open of a NUL-terminated name.
+    let fd = unsafe { libc::shm_open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    // SAFETY: fstat fills st; getuid has no preconditions.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_uid == unsafe { libc::getuid() } && st.st_size as usize == SIZE;
+    let mut empty = false;
+    if ok {
+        // SAFETY: read-only mapping of a file of exactly SIZE bytes.
+        let p = unsafe { libc::mmap(core::ptr::null_mut(), SIZE, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        if p != libc::MAP_FAILED {
+            // SAFETY: reading the mapped header.
+            let h = unsafe { &*(p as *const Header) };
+            empty = h.magic == MAGIC
+                && h.slots.iter().all(|s| {
+                    let pid = s.pid.load(Relaxed);
+                    pid == 0 || !alive(pid, s.start_time.load(Relaxed))
+                });
+            // SAFETY: unmapping what we mapped.
+            unsafe { libc::munmap(p, SIZE) };
+        }
+    }
+    // SAFETY: closing our descriptor.
+    unsafe { libc::close(fd) };
+    empty
 }
 
 #[cfg(test)]

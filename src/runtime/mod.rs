@@ -484,7 +484,10 @@ pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
             break;
         }
     }
-    let target = resolve_slow(ret, name)?;
+    let (target, cacheable) = resolve_slow(ret, name)?;
+    if !cacheable {
+        return Some(target);
+    }
     for i in 0..PROBES {
         let s = &CACHE[(start + i) % CACHE_SLOTS];
         if s.key.compare_exchange(0, BUSY, Acquire, Relaxed).is_ok() {
@@ -508,36 +511,50 @@ fn our_base() -> usize {
     b
 }
 
-fn resolve_slow(ret: usize, name: &CStr) -> Option<Target> {
+/// Resolves like the loader does: the global scope first (the next definition
+/// after the preload: the program's libraries, other preloads, RTLD_GLOBAL
+/// objects), then the caller's own scope (its object and its dependencies,
+/// where a privately loaded RTLD_LOCAL copy lives, as in Python extensions).
+/// Returns the target and whether it may be cached.
+fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
     refresh();
-    let mut real: usize = 0;
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: dladdr only reads loader tables.
-    if ret != 0 && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
-        // The caller's own scope: its object and its dependencies, which is
-        // where a privately loaded (RTLD_LOCAL) runtime copy is visible.
-        // SAFETY: NOLOAD maps nothing new; the handle is closed right away (the
-        // caller object stays loaded: it is executing this call).
-        let h = unsafe { libc::dlopen(info.dli_fname as *const c_char, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-        if !h.is_null() {
-            // SAFETY: valid handle and name.
-            real = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
-            // SAFETY: releases the reference taken above.
-            unsafe { libc::dlclose(h) };
+    // SAFETY: RTLD_NEXT lookup of a NUL-terminated name.
+    let mut real = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    if real == 0 {
+        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+        // SAFETY: dladdr only reads loader tables.
+        if ret != 0 && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+            // SAFETY: NOLOAD maps nothing new; the handle is closed right away
+            // (the caller object stays loaded: it is executing this call).
+            let h = unsafe { libc::dlopen(info.dli_fname as *const c_char, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+            if !h.is_null() {
+                // SAFETY: valid handle and name.
+                real = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
+                // SAFETY: releases the reference taken above.
+                unsafe { libc::dlclose(h) };
+            }
         }
     }
     if real == 0 || owner_base(real) == Some(our_base()) {
-        // The caller sees the global scope (the main program, or the caller's
-        // own scope led back to us): the next definition after the preload.
-        // SAFETY: RTLD_NEXT lookup of a NUL-terminated name.
-        real = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    }
-    if real == 0 {
         debug!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
         return None;
     }
-    let copy = owner_base(real).and_then(|b| index_of_base(b).or_else(|| register_owner(real, b)));
-    Some(Target { real, copy })
+    let base = owner_base(real);
+    let copy = base.and_then(|b| index_of_base(b).or_else(|| register_owner(real, b)));
+    // A runtime we could not register yet (another thread was registering) is
+    // not cached as "no copy": fork protection and stats need the copy.
+    let cacheable = copy.is_some() || !owner_is_runtime(real);
+    Some((Target { real, copy }, cacheable))
+}
+
+fn owner_is_runtime(addr: usize) -> bool {
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables.
+    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: a NUL-terminated loader string.
+    row_for_path(unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes()).is_some()
 }
 
 /// Registers the object defining `addr` if its file name matches a row (a copy
@@ -551,8 +568,14 @@ fn register_owner(addr: usize, base: usize) -> Option<usize> {
     // SAFETY: dli_fname is a NUL-terminated loader string.
     let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
     let row = row_for_path(name)?;
-    if REGISTRY.writer.swap(true, Acquire) {
-        return None;
+    let mut spins = 0;
+    while REGISTRY.writer.swap(true, Acquire) {
+        spins += 1;
+        if spins > 1000 {
+            return None; // caller does not cache this answer
+        }
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
     }
     let mut path = StackBuf::new();
     path.push_bytes(name);
