@@ -121,3 +121,13 @@ fn signal_report_of_a_process_stalled_in_a_region() {
     assert_eq!(g[0]["threads_live"], 1, "the stalled region's worker: {rep}");
     assert_eq!(g[0]["regions"], 1);
 }
+
+#[test]
+fn thread_creation_inside_a_constructor_inside_dlopen_does_not_deadlock() {
+    // dlopen holds the loader's lock while libctorwait's constructor waits for
+    // a thread that creates a thread: the pthread_create hook must not take
+    // that lock (no dladdr/dlopen there).
+    let r = cmd(&fixture("dlopen_main"), &[&fixture("libctorwait.so")]).shim().cores(2).timeout(20).run();
+    r.ok();
+    assert_eq!(r.int("done"), 1);
+}

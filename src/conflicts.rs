@@ -6,13 +6,13 @@ use crate::runtime::{self, Impl, Kind};
 use crate::stackbuf::Quoted;
 use log::{info, warn};
 
-/// Called when copy `new` is published; compares it with every earlier copy,
-/// so each pair is considered exactly once.
+/// Called when copy `new` is confirmed; compares it with every copy confirmed
+/// before it, so each pair is considered exactly once.
 pub fn check_new(new: usize) {
     let Some(b) = runtime::copy(new) else { return };
     for (i, a) in runtime::copies() {
-        if i >= new {
-            break;
+        if i == new || !a.confirmed() {
+            continue;
         }
         let (a, b) = (a, b);
         if a.imp.kind() == Kind::Openmp && b.imp.kind() == Kind::Openmp && a.imp != b.imp {

@@ -299,6 +299,9 @@ pub fn write_now() {
     if pid != KNOWN_PID.load(Relaxed) || WRITTEN.swap(pid, AcqRel) == pid {
         return;
     }
+    // Not a signal handler: copies seen only by pthread_create can be
+    // confirmed now, so the report names only real runtimes.
+    runtime::confirm_pending();
     write_to_destination(s, dest);
 }
 

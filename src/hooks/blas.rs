@@ -20,7 +20,7 @@ use crate::ledger;
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::ffi::CStr;
-use core::sync::atomic::Ordering::Relaxed;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use log::{debug, error};
 
 type P = *mut core::ffi::c_void;
@@ -59,6 +59,26 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         if c.imp != Impl::Openblas || c.blas_parallel() != 2 {
             return pass;
         }
+        // Read, decide and set under the copy's lock: the count is
+        // process-wide, and without the lock a stale "current" would look
+        // like someone else's setting.
+        let mut spins = 0u32;
+        while c.blas_lock.swap(true, Acquire) {
+            spins += 1;
+            if spins > 64 {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            } else {
+                core::hint::spin_loop();
+            }
+        }
+        struct Unlock<'a>(&'a core::sync::atomic::AtomicBool);
+        impl Drop for Unlock<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Release);
+            }
+        }
+        let _unlock = Unlock(&c.blas_lock);
         let cur = c.get_threads().unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
         let last = c.blas_current.load(Relaxed);
         if last == 0 || cur != last {

@@ -109,7 +109,8 @@ unsafe extern "C" fn pthread_create_hook(
     let Some(real) = real_create() else { return libc::EAGAIN };
     let _ = crate::init::ensure();
     let owner = super::fenced(0, || {
-        runtime::refresh();
+        // No dladdr/dlopen here: see runtime::refresh_light.
+        runtime::refresh_light();
         runtime::copy_containing(ret).map_or(0, |i| i + 1)
     });
     let stats = stats_of(owner);

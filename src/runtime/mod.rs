@@ -21,7 +21,7 @@ use crate::stackbuf::{Quoted, StackBuf};
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_char, c_int, c_void};
 use core::mem::MaybeUninit;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use log::{debug, info};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,18 +132,32 @@ impl Stats {
     }
 }
 
+/// Registration states of a copy. PENDING copies were seen by
+/// `dl_iterate_phdr` only (from `pthread_create`, where taking the loader's
+/// `dl_load_lock` through dlopen/dladdr could deadlock against a constructor
+/// that waits for the new thread); they are confirmed by symbols at the next
+/// safe point. REJECTED ones matched a file-name prefix but not the symbols.
+pub const PENDING: u8 = 0;
+pub const CONFIRMED: u8 = 1;
+pub const REJECTED: u8 = 2;
+
 /// One loaded copy of a runtime.
 pub struct Copy {
     pub imp: Impl,
     /// Load base (`dlpi_addr`): identifies the object.
     pub base: usize,
+    /// Lowest and highest address of its loaded segments (for attribution
+    /// without dladdr).
+    lo: usize,
+    hi: usize,
     path: [u8; PATH_LEN],
     path_len: usize,
+    state: AtomicU8,
     /// Our `dlopen(RTLD_NOLOAD)` reference. Kept on purpose: it pins the copy,
     /// so the function pointers below stay valid even if the host dlcloses it.
-    _handle: usize,
-    get: usize,
-    set: usize,
+    handle: AtomicUsize,
+    get: AtomicUsize,
+    set: AtomicUsize,
     budget_applied: AtomicBool,
     pub stats: Stats,
     /// BLAS per-call sizing: the thread count the copy is configured for
@@ -152,7 +166,10 @@ pub struct Copy {
     pub blas_current: AtomicU32,
     /// OpenBLAS's `openblas_get_parallel`: 0 unknown, 1 sequential, 2 pthreads, 3 OpenMP.
     pub blas_parallel: AtomicU32,
-    parallel_fn: usize,
+    parallel_fn: AtomicUsize,
+    /// Serialises "read the count, decide, set it" of per-call BLAS sizing:
+    /// OpenBLAS's count is process-wide. A flag, reset in a forked child.
+    pub blas_lock: AtomicBool,
 }
 
 impl Copy {
@@ -162,15 +179,16 @@ impl Copy {
 
     /// The copy's own thread count, from its get function.
     pub fn get_threads(&self) -> Option<i64> {
-        if self.get == 0 {
+        let get = self.get.load(Acquire);
+        if get == 0 {
             return None;
         }
         // SAFETY: `get` was resolved by dlsym from this copy's table row, whose
         // signature is known per runtime kind; the copy is pinned (see _handle).
         unsafe {
             Some(match self.imp {
-                Impl::Blis => core::mem::transmute::<usize, extern "C" fn() -> i64>(self.get)(),
-                _ => i64::from(core::mem::transmute::<usize, extern "C" fn() -> c_int>(self.get)()),
+                Impl::Blis => core::mem::transmute::<usize, extern "C" fn() -> i64>(get)(),
+                _ => i64::from(core::mem::transmute::<usize, extern "C" fn() -> c_int>(get)()),
             })
         }
     }
@@ -179,11 +197,12 @@ impl Copy {
     /// Only call where calling into the runtime is safe.
     pub fn blas_parallel(&self) -> u32 {
         let p = self.blas_parallel.load(Relaxed);
-        if p != 0 || self.parallel_fn == 0 {
+        let f = self.parallel_fn.load(Acquire);
+        if p != 0 || f == 0 {
             return p;
         }
         // SAFETY: openblas_get_parallel(void) -> int, resolved from this copy.
-        let v = unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(self.parallel_fn)() };
+        let v = unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(f)() };
         let code = match v {
             0 => 1,
             1 => 2,
@@ -195,16 +214,21 @@ impl Copy {
 
     /// Sets the copy's thread count through its own set function.
     pub fn set_threads(&self, n: u32) {
-        if self.set == 0 {
+        let set = self.set.load(Acquire);
+        if set == 0 {
             return;
         }
         // SAFETY: as in get_threads.
         unsafe {
             match self.imp {
-                Impl::Blis => core::mem::transmute::<usize, extern "C" fn(i64)>(self.set)(i64::from(n)),
-                _ => core::mem::transmute::<usize, extern "C" fn(c_int)>(self.set)(n as c_int),
+                Impl::Blis => core::mem::transmute::<usize, extern "C" fn(i64)>(set)(i64::from(n)),
+                _ => core::mem::transmute::<usize, extern "C" fn(c_int)>(set)(n as c_int),
             }
         }
+    }
+
+    pub fn confirmed(&self) -> bool {
+        self.state.load(Acquire) == CONFIRMED
     }
 }
 
@@ -230,8 +254,12 @@ static REGISTRY: Registry = Registry {
     seen_adds: AtomicU64::new(0),
 };
 
-/// All published copies.
+/// All published copies that are (or may yet be) runtimes.
 pub fn copies() -> impl Iterator<Item = (usize, &'static Copy)> {
+    all_slots().filter(|(_, c)| c.state.load(Acquire) != REJECTED)
+}
+
+fn all_slots() -> impl Iterator<Item = (usize, &'static Copy)> {
     let n = REGISTRY.count.load(Acquire);
     // SAFETY: slots below `count` were fully written before publication.
     (0..n).map(|i| (i, unsafe { (*REGISTRY.slots[i].get()).assume_init_ref() }))
@@ -247,12 +275,19 @@ pub fn copy(index: usize) -> Option<&'static Copy> {
 }
 
 fn index_of_base(base: usize) -> Option<usize> {
-    copies().find(|(_, c)| c.base == base).map(|(i, _)| i)
+    all_slots().find(|(_, c)| c.base == base).map(|(i, c)| (i, c.state.load(Acquire))).and_then(|(i, st)| (st != REJECTED).then_some(i))
 }
 
-/// For the atfork child handler: only clears a flag (see `Registry::writer`).
+fn known_base(base: usize) -> bool {
+    all_slots().any(|(_, c)| c.base == base)
+}
+
+/// For the atfork child handler: only clears flags (see `Registry::writer`).
 pub fn reset_writer_in_child() {
     REGISTRY.writer.store(false, Relaxed);
+    for (_, c) in all_slots() {
+        c.blas_lock.store(false, Relaxed);
+    }
 }
 
 /// The loader's count of objects ever loaded.
@@ -270,8 +305,25 @@ fn loader_adds() -> u64 {
 
 struct Candidate {
     base: usize,
+    lo: usize,
+    hi: usize,
     path: StackBuf<PATH_LEN>,
     row: &'static Row,
+}
+
+/// The address range covered by an object's PT_LOAD segments.
+fn load_range(info: &libc::dl_phdr_info) -> (usize, usize) {
+    let (mut lo, mut hi) = (usize::MAX, 0usize);
+    for i in 0..usize::from(info.dlpi_phnum) {
+        // SAFETY: dlpi_phdr has dlpi_phnum entries.
+        let ph = unsafe { &*info.dlpi_phdr.add(i) };
+        if ph.p_type == libc::PT_LOAD {
+            let start = info.dlpi_addr as usize + ph.p_vaddr as usize;
+            lo = lo.min(start);
+            hi = hi.max(start + ph.p_memsz as usize);
+        }
+    }
+    (lo, hi)
 }
 
 struct Scan {
@@ -279,10 +331,22 @@ struct Scan {
     n: usize,
 }
 
-/// Finds runtime copies loaded since the last scan. Cheap when nothing was
-/// loaded (one `dl_iterate_phdr` step). Never calls into a runtime, so it is
-/// safe from any hook, including `pthread_create` inside a runtime's own init.
+/// Finds runtime copies loaded since the last scan and confirms them. Cheap
+/// when nothing was loaded (one `dl_iterate_phdr` step). Never calls into a
+/// runtime. Takes the loader's lock (dlopen/dlsym): not for `pthread_create`.
 pub fn refresh() {
+    scan();
+    confirm_pending();
+}
+
+/// For `pthread_create`: finds new copies with `dl_iterate_phdr` only (it
+/// takes the loader's write lock, never `dl_load_lock`, which a thread inside
+/// dlopen holds while a constructor may wait for the thread being created).
+pub fn refresh_light() {
+    scan();
+}
+
+fn scan() {
     let adds = loader_adds();
     if adds == REGISTRY.seen_adds.load(Acquire) {
         return;
@@ -302,11 +366,12 @@ pub fn refresh() {
         let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes();
         let base = info.dlpi_addr as usize;
         if let Some(row) = row_for_path(name) {
-            if index_of_base(base).is_none() {
+            if !known_base(base) {
                 let mut path = StackBuf::new();
                 path.push_bytes(name);
+                let (lo, hi) = load_range(info);
                 if !path.truncated {
-                    scan.found[scan.n].write(Candidate { base, path, row });
+                    scan.found[scan.n].write(Candidate { base, lo, hi, path, row });
                     scan.n += 1;
                 }
             }
@@ -319,25 +384,80 @@ pub fn refresh() {
     unsafe { libc::dl_iterate_phdr(Some(each), (&mut scan as *mut Scan).cast()) };
     for i in 0..scan.n {
         // SAFETY: the first `n` entries were written by the callback.
-        let mut c = unsafe { scan.found[i].assume_init_read() };
-        register(c.base, &mut c.path, c.row);
+        let c = unsafe { scan.found[i].assume_init_read() };
+        publish_pending(&c);
     }
     REGISTRY.writer.store(false, Release);
 }
 
-/// Confirms and publishes one copy. Caller holds the writer flag.
-fn register(base: usize, path: &mut StackBuf<PATH_LEN>, row: &'static Row) -> Option<usize> {
+/// Publishes a copy seen by `dl_iterate_phdr`, unconfirmed. Caller holds the
+/// writer flag.
+fn publish_pending(c: &Candidate) -> Option<usize> {
     let n = REGISTRY.count.load(Relaxed);
-    if n == MAX_COPIES || index_of_base(base).is_some() {
+    if n == MAX_COPIES || known_base(c.base) {
         return None;
     }
-    let cpath = path.as_cstr()?;
+    let mut copy = Copy {
+        imp: c.row.imp,
+        base: c.base,
+        lo: c.lo,
+        hi: c.hi,
+        path: [0; PATH_LEN],
+        path_len: c.path.len(),
+        state: AtomicU8::new(PENDING),
+        handle: AtomicUsize::new(0),
+        get: AtomicUsize::new(0),
+        set: AtomicUsize::new(0),
+        budget_applied: AtomicBool::new(false),
+        stats: Stats::default(),
+        blas_config: AtomicU32::new(0),
+        blas_current: AtomicU32::new(0),
+        blas_parallel: AtomicU32::new(0),
+        parallel_fn: AtomicUsize::new(0),
+        blas_lock: AtomicBool::new(false),
+    };
+    copy.path[..c.path.len()].copy_from_slice(c.path.as_bytes());
+    // SAFETY: slot `n` is unpublished and we hold the writer flag.
+    unsafe { (*REGISTRY.slots[n].get()).write(copy) };
+    REGISTRY.count.store(n + 1, Release);
+    Some(n)
+}
+
+/// Confirms pending copies by their symbols (dlopen NOLOAD + dlsym). Only
+/// where the loader's lock may be taken.
+pub fn confirm_pending() {
+    if !all_slots().any(|(_, c)| c.state.load(Acquire) == PENDING) {
+        return;
+    }
+    if REGISTRY.writer.swap(true, Acquire) {
+        return;
+    }
+    for (i, c) in all_slots() {
+        if c.state.load(Acquire) == PENDING {
+            confirm(i, c);
+        }
+    }
+    REGISTRY.writer.store(false, Release);
+}
+
+/// Confirms one pending copy by symbols and resolves its functions. Caller
+/// holds the writer flag.
+fn confirm(index: usize, c: &Copy) {
+    let row = rows().find(|r| r.imp == c.imp).expect("a copy's impl has a row");
+    let mut p = StackBuf::<PATH_LEN>::new();
+    p.push_bytes(c.path());
+    let Some(cpath) = p.as_cstr() else {
+        c.state.store(REJECTED, Release);
+        return;
+    };
     // SAFETY: NOLOAD never loads or initialises anything; it returns a handle
     // to an object already mapped (or NULL), which we keep to pin the copy.
     let handle = unsafe { libc::dlopen(cpath.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
     if handle.is_null() {
-        return None;
+        c.state.store(REJECTED, Release);
+        return;
     }
+    let base = c.base;
     let sym = |names: &[&CStr]| -> usize {
         names
             .iter()
@@ -349,22 +469,14 @@ fn register(base: usize, path: &mut StackBuf<PATH_LEN>, row: &'static Row) -> Op
     if sym(row.confirm) == 0 {
         // SAFETY: dropping the reference we just took.
         unsafe { libc::dlclose(handle) };
-        return None;
+        c.state.store(REJECTED, Release);
+        return;
     }
-    let mut copy = Copy {
-        imp: row.imp,
-        base,
-        path: [0; PATH_LEN],
-        path_len: path.len(),
-        _handle: handle as usize,
-        get: sym(row.get),
-        set: sym(row.set),
-        budget_applied: AtomicBool::new(false),
-        stats: Stats::default(),
-        blas_config: AtomicU32::new(0),
-        blas_current: AtomicU32::new(0),
-        blas_parallel: AtomicU32::new(0),
-        parallel_fn: if row.imp == Impl::Openblas {
+    c.handle.store(handle as usize, Relaxed);
+    c.get.store(sym(row.get), Release);
+    c.set.store(sym(row.set), Release);
+    if row.imp == Impl::Openblas {
+        c.parallel_fn.store(
             sym(&[
                 c"openblas_get_parallel",
                 c"openblas_get_parallel64_",
@@ -372,23 +484,13 @@ fn register(base: usize, path: &mut StackBuf<PATH_LEN>, row: &'static Row) -> Op
                 c"scipy_openblas_get_parallel",
                 c"scipy_openblas_get_parallel64_",
                 c"scipy_openblas_get_parallel_64",
-            ])
-        } else {
-            0
-        },
-    };
-    copy.path[..path.len()].copy_from_slice(path.as_bytes());
-    // SAFETY: slot `n` is unpublished and we hold the writer flag.
-    unsafe { (*REGISTRY.slots[n].get()).write(copy) };
-    REGISTRY.count.store(n + 1, Release);
-    info!(
-        "runtime_found impl={} kind={} path={}",
-        row.imp.name(),
-        row.imp.kind().name(),
-        Quoted(path.as_bytes())
-    );
-    crate::conflicts::check_new(n);
-    Some(n)
+            ]),
+            Release,
+        );
+    }
+    c.state.store(CONFIRMED, Release);
+    info!("runtime_found impl={} kind={} path={}", row.imp.name(), row.imp.kind().name(), Quoted(c.path()));
+    crate::conflicts::check_new(index);
 }
 
 /// The load base of the object containing `addr`.
@@ -401,17 +503,17 @@ pub fn owner_base(addr: usize) -> Option<usize> {
     Some(info.dli_fbase as usize)
 }
 
-/// The registered copy that contains `addr`, if any (for attribution).
+/// The registered copy whose segments contain `addr`, if any (for
+/// attribution). Lock-free: no dladdr.
 pub fn copy_containing(addr: usize) -> Option<usize> {
-    let base = owner_base(addr)?;
-    index_of_base(base)
+    copies().find(|(_, c)| c.lo <= addr && addr < c.hi).map(|(i, _)| i)
 }
 
 /// Lowers a copy's thread count to the budget if it is above it. Only call
 /// where calling into the runtime is safe: never from `pthread_create` (the
 /// runtime may be inside its own initialisation, holding its own locks).
 pub fn apply_budget(copy: &Copy, budget: u32, why: &str) {
-    if copy.budget_applied.swap(true, AcqRel) {
+    if !copy.confirmed() || copy.budget_applied.swap(true, AcqRel) {
         return;
     }
     if let Some(cur) = copy.get_threads() {
@@ -557,31 +659,26 @@ fn owner_is_runtime(addr: usize) -> bool {
     row_for_path(unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes()).is_some()
 }
 
-/// Registers the object defining `addr` if its file name matches a row (a copy
-/// that the last scan did not see yet, e.g. loaded a moment ago).
-fn register_owner(addr: usize, base: usize) -> Option<usize> {
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: dladdr only reads loader tables.
-    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
-        return None;
-    }
-    // SAFETY: dli_fname is a NUL-terminated loader string.
-    let name = unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes();
-    let row = row_for_path(name)?;
+/// Registers the object defining `addr` (a copy the last scan did not see,
+/// e.g. loaded a moment ago). Safe contexts only.
+fn register_owner(_addr: usize, base: usize) -> Option<usize> {
+    REGISTRY.seen_adds.store(0, Release); // force a rescan
     let mut spins = 0;
-    while REGISTRY.writer.swap(true, Acquire) {
+    loop {
+        scan();
+        confirm_pending();
+        if let Some(i) = index_of_base(base) {
+            if all_slots().nth(i).is_some_and(|(_, c)| c.confirmed()) {
+                return Some(i);
+            }
+        }
         spins += 1;
-        if spins > 1000 {
-            return None; // caller does not cache this answer
+        if spins > 100 {
+            return None; // another thread holds the writer flag; not cached
         }
         // SAFETY: sched_yield has no preconditions.
         unsafe { libc::sched_yield() };
     }
-    let mut path = StackBuf::new();
-    path.push_bytes(name);
-    let r = if path.truncated { None } else { register(base, &mut path, row) };
-    REGISTRY.writer.store(false, Release);
-    r
 }
 
 #[cfg(test)]
