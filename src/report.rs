@@ -377,3 +377,10 @@ redhook::hook! {
         unsafe { redhook::real!(_exit)(status) }
     }
 }
+
+/// Resolves the real `_exit` now, in the parent: redhook resolves lazily, and
+/// a forked child's first `_exit` would otherwise pay a dlsym under the
+/// loader's lock on every fork (measured: most of the shim's fork cost).
+pub fn preresolve() {
+    let _ = redhook::real!(_exit);
+}

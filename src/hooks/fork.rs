@@ -112,6 +112,9 @@ extern "C" fn child() {
 }
 
 pub fn install_atfork() {
+    // Resolve the real fork now rather than inside the first fork().
+    let _ = redhook::real!(fork);
+    crate::report::preresolve();
     // SAFETY: getpid has no preconditions.
     KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
     // SAFETY: registers plain extern "C" functions that only touch atomics and

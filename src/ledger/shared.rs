@@ -290,10 +290,15 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
 }
 
 /// At exit: give back everything and free the slot. Returns true when no
-/// live member remains (the name may then be removed).
+/// live member remains (the name may then be removed). A process that never
+/// took a slot (a forked child that ran no region) has nothing to do: that
+/// keeps fork+_exit cheap.
 pub fn leave_tree() -> bool {
     let Some(h) = header() else { return false };
     let i = MY_SLOT.swap(usize::MAX, Relaxed);
+    if i >= SLOTS {
+        return false;
+    }
     let Some(l) = Locked::new(h) else { return false };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -435,6 +440,12 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
             }
         }
         MAP.store(p as usize, Release);
+        // Take our slot now, not at the first region: a member is visible to
+        // the others (and keeps the name alive) for as long as it lives.
+        // SAFETY: validated above; `header()` now returns it.
+        if let Some(l) = Locked::new(unsafe { &*h }) {
+            let _ = my_slot(l.0);
+        }
         // SAFETY: validated above.
         Ok(unsafe { (*h).budget })
     })();
