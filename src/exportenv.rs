@@ -53,20 +53,35 @@ pub fn clamp_value(current: Option<&[u8]>, budget: u32) -> Option<StackBuf<256>>
     changed.then_some(out)
 }
 
-/// libgomp's idle workers spin 300,000 iterations before sleeping, stealing
-/// the cores the ledger granted to other processes of the tree. Measured here
-/// (2 cores, 4 processes x 10,000 short regions, medians of 3): 1.48x the
+/// Idle workers that spin steal the cores the ledger granted to others.
+///
+/// libgomp spins 300,000 iterations before sleeping. Measured here (2 cores,
+/// 4 processes x 10,000 short regions, medians of 3): 1.48x the
 /// OMP_NUM_THREADS=1 oracle with the default spin, 1.12x with
-/// GOMP_SPINCOUNT=1000 and 1.10x with passive waiting; one right-sized process
-/// ran 0.42 s either way with spin 1000, while passive waiting costs it 1.9x to
-/// 4.6x (FIELD-NOTES). So a shared budget gets the short spin, unless the user
-/// chose a wait policy or spin count. It reaches libgomp copies that load
-/// after us and every child process.
+/// GOMP_SPINCOUNT=1000, 1.10x with passive waiting; one right-sized process
+/// ran 0.42 s either way with spin 1000, while passive waiting costs it 1.9x
+/// to 4.6x (FIELD-NOTES).
+///
+/// OpenBLAS spins 2^28 cycles (OPENBLAS_THREAD_TIMEOUT=28). In the
+/// CPU-waiting loop (numpy matmul, then 21 libgomp regions, x100; medians of
+/// 7): 0.360 s under the shim with the default, 0.186 s with timeout 16,
+/// against 0.248 s for OPENBLAS_NUM_THREADS=1 and 0.266 s for passive
+/// waiting; a lone BLAS caller (8 x 60 matmuls 400x400) took 0.861 s with 16
+/// against 0.863 s without the shim (timeout 4 cost it 24%).
+///
+/// So both short spins are exported, unless the user chose a wait policy,
+/// spin count or timeout. They reach runtimes that load after us (numpy's
+/// OpenBLAS, ctypes-loaded OpenMP) and every child process.
 pub fn export_spin() {
     if config::getenv(c"GOMP_SPINCOUNT").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
         // SAFETY: NUL-terminated strings; setenv copies them.
         unsafe { libc::setenv(c"GOMP_SPINCOUNT".as_ptr(), c"1000".as_ptr(), 1) };
-        info!("env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"shared budget: idle GNU OpenMP workers must not spin on cores granted to others\"");
+        info!("env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"idle GNU OpenMP workers must not spin on cores granted to others\"");
+    }
+    if config::getenv(c"OPENBLAS_THREAD_TIMEOUT").is_none() {
+        // SAFETY: as above.
+        unsafe { libc::setenv(c"OPENBLAS_THREAD_TIMEOUT".as_ptr(), c"16".as_ptr(), 1) };
+        info!("env_set var=OPENBLAS_THREAD_TIMEOUT value=\"16\" reason=\"idle OpenBLAS workers must not spin on cores granted to OpenMP\"");
     }
 }
 

@@ -165,9 +165,7 @@ fn read_settings() -> Settings {
     }
 
     crate::exportenv::export(budget.cores);
-    if scope == ledger::Scope::Tree {
-        crate::exportenv::export_spin();
-    }
+    crate::exportenv::export_spin();
     Settings { budget, fork, report, report_signal, scope }
 }
 
