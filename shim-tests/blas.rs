@@ -78,3 +78,38 @@ fn cpu_waiting_loop_completes_with_both_runtimes_sized() {
     assert_eq!(openblas_of(rep)["mean_team"], 2.0);
     assert!(runtimes_of(rep, "libgomp")[0]["regions"].as_u64().unwrap() >= 420);
 }
+
+#[test]
+fn mkl_setter_is_clamped_and_its_openmp_regions_share_the_ledger() {
+    // libmkl_rt from PyPI's mkl threads through Intel OpenMP: each call's
+    // internal regions enter libiomp5's __kmpc_fork_call, sized per region.
+    // MKL_DYNAMIC=FALSE: MKL would otherwise cap requests at the cores itself.
+    let base = cmd(&fixture("mkl_threads"), &["64", "1", "2"]).env("MKL_DYNAMIC", "FALSE").run();
+    base.ok();
+    assert_eq!(base.int("after_set"), 64, "without the shim MKL takes 64: {}", base.stdout);
+
+    let (r, reps) = report_run(
+        cmd(&fixture("mkl_threads"), &["64", "1", "10"]).shim().cores(2).env("MKL_DYNAMIC", "FALSE").env("PARBUDGET_LOG", "info"),
+        "mkl1",
+    );
+    assert_eq!(r.int("after_set"), 2);
+    assert_eq!(r.int("results_ok"), 1);
+    assert!(r.stderr.contains("clamp symbol=\"MKL_Set_Num_Threads\" requested=64 granted=2 impl=mkl"), "{}", r.stderr);
+    let iomp = runtimes_of(&reps[0], "libiomp");
+    assert!(!runtimes_of(&reps[0], "mkl").is_empty(), "{}", reps[0]);
+    let lone = iomp[0]["mean_team"].as_f64().unwrap();
+    assert!(lone >= 1.9, "a lone MKL caller keeps the budget: {}", reps[0]);
+
+    let (r, reps) = report_run(cmd(&fixture("mkl_threads"), &["0", "4", "10"]).shim().cores(2), "mkl4");
+    assert_eq!(r.int("results_ok"), 1);
+    let four = runtimes_of(&reps[0], "libiomp")[0]["mean_team"].as_f64().unwrap();
+    assert!(four <= 1.5, "four MKL callers on two cores: {}", reps[0]);
+}
+
+#[test]
+fn blis_setter_is_clamped() {
+    let base = cmd(&fixture("blis_threads"), &["64"]).run();
+    assert_eq!(base.ok().int("after_set"), 64);
+    let r = cmd(&fixture("blis_threads"), &["64"]).shim().cores(2).run();
+    assert_eq!(r.ok().int("after_set"), 2);
+}
