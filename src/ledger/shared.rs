@@ -206,9 +206,19 @@ fn my_start_time() -> u64 {
 }
 
 /// This process's slot, claimed on first use. Caller holds the mutex.
-fn my_slot(h: &Header) -> Option<&Slot> {
+/// This process's pid without a syscall per region: cached at init and
+/// refreshed by the atfork child handler (see hooks::fork::KNOWN_PID).
+fn pid_now() -> i32 {
+    let p = crate::hooks::fork::KNOWN_PID.load(Relaxed);
+    if p != 0 {
+        return p;
+    }
     // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    unsafe { libc::getpid() }
+}
+
+fn my_slot(h: &Header) -> Option<&Slot> {
+    let pid = pid_now();
     let i = MY_SLOT.load(Relaxed);
     if i < SLOTS && h.slots[i].pid.load(Relaxed) == pid {
         return Some(&h.slots[i]);
@@ -279,8 +289,7 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
     let Some(h) = header() else { return false };
     let Some(l) = Locked::new(h) else { return true };
     let i = MY_SLOT.load(Relaxed);
-    // SAFETY: getpid has no preconditions.
-    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == unsafe { libc::getpid() } {
+    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == pid_now() {
         let s = &l.0.slots[i];
         let d = s.held.load(Relaxed).min(n);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
