@@ -52,6 +52,7 @@ macro_rules! trampoline {
         #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
                 "push rdi",
@@ -78,6 +79,7 @@ macro_rules! trampoline {
         #[cfg(target_arch = "aarch64")]
         #[unsafe(naked)]
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             // x0-x7 carry arguments, x8 the indirect-result pointer; x30 is the
             // return address. 80 bytes keeps sp 16-byte aligned.
@@ -113,6 +115,7 @@ macro_rules! trampoline_fp {
         #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
                 "push rdi",
@@ -157,6 +160,7 @@ macro_rules! trampoline_fp {
         #[cfg(target_arch = "aarch64")]
         #[unsafe(naked)]
         #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             // x0-x8 and d0-d7 (the FP argument registers), x30 the return address.
             core::arch::naked_asm!(
