@@ -113,3 +113,16 @@ fn blis_setter_is_clamped() {
     let r = cmd(&fixture("blis_threads"), &["64"]).shim().cores(2).run();
     assert_eq!(r.ok().int("after_set"), 2);
 }
+
+#[test]
+fn scipy_fortran_gemm_on_its_own_openblas_copy_is_sized_per_call() {
+    let (r, reps) = report_run(cmd(&python(), &[&py("scipy_gemm.py"), "serial"]).shim().cores(2), "scipy");
+    assert_eq!(r.int("ok"), 1);
+    let scipy_copy = runtimes_of(&reps[0], "openblas")
+        .into_iter()
+        .find(|o| o["path"].as_str().unwrap().contains("scipy.libs"))
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", reps[0]));
+    assert_eq!(scipy_copy["regions"], 30, "every dgemm call sized: {scipy_copy}");
+    assert_eq!(scipy_copy["mean_team"], 2.0);
+}

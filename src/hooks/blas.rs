@@ -13,7 +13,8 @@
 //! (MKL, BLIS, FlexiBLAS) keep the static budget.
 //!
 //! Hooked: `{,scipy_}cblas_{s,d,c,z}{gemm,syrk,gemv}{,64_}`, which is what
-//! numpy (`scipy_cblas_*64_`) and C programs (`cblas_*`) call.
+//! numpy (`scipy_cblas_*64_`) and C programs (`cblas_*`) call, and the
+//! Fortran `{,scipy_}{s,d,c,z}gemm_` that scipy.linalg and Fortran code call.
 
 use super::{fenced, take_caller, trampoline, trampoline_fp};
 use crate::ledger;
@@ -182,3 +183,17 @@ blas!(144, trampoline_fp, scipy_cblas_sgemv64_, blas_scipy_cblas_sgemv64_, (orde
 blas!(145, trampoline_fp, scipy_cblas_dgemv64_, blas_scipy_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
 blas!(146, trampoline, scipy_cblas_cgemv64_, blas_scipy_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
 blas!(147, trampoline, scipy_cblas_zgemv64_, blas_scipy_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+
+// Fortran-style GEMM (ids 148..=155), what scipy.linalg calls on its own
+// OpenBLAS copy (`scipy_dgemm_`) and Fortran programs call (`dgemm_`): every
+// argument by pointer, then the two hidden lengths of the character
+// arguments, passed through as they are (a C caller that omits them passes
+// whatever those slots hold, which the callee would have read anyway).
+blas!(148, trampoline, sgemm_, blas_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(149, trampoline, dgemm_, blas_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(150, trampoline, cgemm_, blas_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(151, trampoline, zgemm_, blas_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(152, trampoline, scipy_sgemm_, blas_scipy_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(153, trampoline, scipy_dgemm_, blas_scipy_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(154, trampoline, scipy_cgemm_, blas_scipy_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(155, trampoline, scipy_zgemm_, blas_scipy_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
