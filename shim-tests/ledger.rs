@@ -159,6 +159,10 @@ fn libiomp5_from_pypi_is_clamped() {
     assert_eq!(base.ok().int("team"), 64);
 }
 
+/// Also covers pointers that escape across objects: scikit-learn's
+/// `_cython_blas` (linked to libc only) calls `scipy_dgemm_` through a pointer
+/// scipy's cython_blas took, which is our hook; it must still reach scipy's
+/// OpenBLAS copy.
 #[test]
 fn scikit_learn_vendored_libgomp_beside_the_system_one() {
     let dir = tempdir("two-gomp");

@@ -49,7 +49,7 @@ impl Drop for Leave {
 fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
     let settings = crate::init::ensure();
     let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
-        error!("unresolved symbol={} caller={:#x}: no BLAS in scope", Quoted(name.to_bytes()), ret);
+        error!("unresolved symbol={} caller={:#x} object={}: no BLAS in scope", Quoted(name.to_bytes()), ret, Quoted(runtime::object_name(ret).as_bytes()));
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };

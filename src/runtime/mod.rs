@@ -493,6 +493,17 @@ fn confirm(index: usize, c: &Copy) {
     crate::conflicts::check_new(index);
 }
 
+/// The file of the object containing `addr` (for error lines).
+pub fn object_name(addr: usize) -> StackBuf<PATH_LEN> {
+    let mut out = StackBuf::new();
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: dladdr only reads loader tables; dli_fname is NUL-terminated.
+    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        out.push_bytes(unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes());
+    }
+    out
+}
+
 /// The load base of the object containing `addr`.
 pub fn owner_base(addr: usize) -> Option<usize> {
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
@@ -638,6 +649,12 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
         }
     }
     if real == 0 || owner_base(real) == Some(our_base()) {
+        // The caller holds a pointer to our hook that another object took
+        // (scipy's cython_blas hands its BLAS pointers to scikit-learn through
+        // capsules): find the definition by name among the loaded objects.
+        real = search_loaded(name);
+    }
+    if real == 0 {
         debug!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
         return None;
     }
@@ -647,6 +664,89 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
     // not cached as "no copy": fork protection and stats need the copy.
     let cacheable = copy.is_some() || !owner_is_runtime(real);
     Some((Target { real, copy }, cacheable))
+}
+
+/// A definition of `name` in any loaded object but ours: the registered
+/// runtime copies first, then every object in load order.
+fn search_loaded(name: &CStr) -> usize {
+    let ours = our_base();
+    for (_, c) in copies() {
+        let h = c.handle.load(Acquire);
+        if h != 0 {
+            // SAFETY: a pinned handle and a NUL-terminated name.
+            let p = unsafe { libc::dlsym(h as *mut c_void, name.as_ptr()) } as usize;
+            if p != 0 && owner_base(p) == Some(c.base) {
+                return p;
+            }
+        }
+    }
+    struct Found {
+        paths: [StackBuf<PATH_LEN>; 16],
+        n: usize,
+        skip: usize,
+    }
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: glibc passes a valid info; `data` is our Found.
+        let (info, f) = unsafe { (&*info, &mut *(data as *mut Found)) };
+        if info.dlpi_name.is_null() || info.dlpi_addr as usize == f.skip || f.n == f.paths.len() {
+            return 0;
+        }
+        // SAFETY: a NUL-terminated loader string.
+        let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes();
+        if name.contains(&b'/') {
+            f.paths[f.n].push_bytes(name);
+            f.n += 1;
+        }
+        0
+    }
+    // Collect paths first (no dlopen inside the callback: the list lock is
+    // held), 16 objects per pass; a slow path that runs once per call site.
+    let mut seen = 0usize;
+    loop {
+        let mut batch = Found { paths: [const { StackBuf::new() }; 16], n: 0, skip: ours };
+        let mut all = AllPaths { skip_first: seen, inner: &mut batch };
+        // SAFETY: the callback only copies names into our buffers.
+        unsafe { libc::dl_iterate_phdr(Some(each_skip), (&mut all as *mut AllPaths).cast()) };
+        if batch.n == 0 {
+            return 0;
+        }
+        for p in batch.paths.iter_mut().take(batch.n) {
+            let Some(c) = p.as_cstr() else { continue };
+            // SAFETY: NOLOAD maps nothing new; closed right away.
+            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+            if h.is_null() {
+                continue;
+            }
+            // SAFETY: valid handle and name.
+            let sym = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
+            // SAFETY: releases our reference.
+            unsafe { libc::dlclose(h) };
+            if sym != 0 && owner_base(sym) != Some(ours) {
+                return sym;
+            }
+        }
+        seen += batch.n;
+    }
+
+    struct AllPaths<'a> {
+        skip_first: usize,
+        inner: &'a mut Found,
+    }
+    unsafe extern "C" fn each_skip(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+        // SAFETY: `data` is our AllPaths.
+        let all = unsafe { &mut *(data as *mut AllPaths) };
+        // SAFETY: as above.
+        let named = unsafe { !(*info).dlpi_name.is_null() && CStr::from_ptr((*info).dlpi_name).to_bytes().contains(&b'/') && (*info).dlpi_addr as usize != all.inner.skip };
+        if !named {
+            return 0;
+        }
+        if all.skip_first > 0 {
+            all.skip_first -= 1;
+            return 0;
+        }
+        // SAFETY: forwarding the same arguments.
+        unsafe { each(info, size, (all.inner as *mut Found).cast()) }
+    }
 }
 
 fn owner_is_runtime(addr: usize) -> bool {
