@@ -9,14 +9,25 @@ fn gcc_openmp_set_num_threads_64_runs_teams_of_at_most_the_budget() {
     base.ok();
     assert_eq!(base.int("team"), 64);
 
-    let r = cmd(&fixture("omp_teams_gcc"), &["64"]).shim().cores(2).run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["64"])
+        .shim()
+        .cores(2)
+        .run();
     r.ok();
     assert_eq!(r.int("max_threads"), 2);
     assert!(r.int("team") <= 2 && r.int("team") >= 1);
-    assert!(r.int("clause_team") <= 2, "num_threads(64) clause: {}", r.stdout);
+    assert!(
+        r.int("clause_team") <= 2,
+        "num_threads(64) clause: {}",
+        r.stdout
+    );
     assert!(r.int("loop_team") <= 2);
     assert_eq!(r.int("sum"), 499500, "the work itself must be unchanged");
-    assert!(r.shim_lines().is_empty(), "a valid budget prints nothing at the default level: {}", r.stderr);
+    assert!(
+        r.shim_lines().is_empty(),
+        "a valid budget prints nothing at the default level: {}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -30,11 +41,18 @@ fn lone_gcc_program_keeps_the_whole_budget() {
 fn clang_libomp_program_is_clamped_too() {
     let base = cmd(&fixture("omp_teams_clang"), &["64"]).run();
     assert_eq!(base.ok().int("team"), 64);
-    let r = cmd(&fixture("omp_teams_clang"), &["64", "64"]).shim().cores(2).run();
+    let r = cmd(&fixture("omp_teams_clang"), &["64", "64"])
+        .shim()
+        .cores(2)
+        .run();
     r.ok();
     assert_eq!(r.int("max_threads"), 2);
     assert_eq!(r.int("team"), 2);
-    assert!(r.int("clause_team") <= 2, "__kmpc_push_num_threads clamp: {}", r.stdout);
+    assert!(
+        r.int("clause_team") <= 2,
+        "__kmpc_push_num_threads clamp: {}",
+        r.stdout
+    );
     assert!(r.int("loop_team") <= 2);
 }
 
@@ -42,13 +60,31 @@ fn clang_libomp_program_is_clamped_too() {
 fn debian_openblas_set_num_threads_64_reports_the_budget() {
     let base = cmd(&fixture("openblas_threads"), &["64"]).run();
     base.ok();
-    assert!(base.int("after_set") > 2, "without the shim OpenBLAS takes more: {}", base.stdout);
-    let r = cmd(&fixture("openblas_threads"), &["64"]).shim().cores(2).env("PARBUDGET_LOG", "info").run();
+    assert!(
+        base.int("after_set") > 2,
+        "without the shim OpenBLAS takes more: {}",
+        base.stdout
+    );
+    let r = cmd(&fixture("openblas_threads"), &["64"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LOG", "info")
+        .run();
     r.ok();
     assert!(r.int("after_set") <= 2);
     assert_eq!(r.int("dgemm_ok"), 1);
-    assert!(r.stderr.contains("clamp symbol=\"openblas_set_num_threads\" requested=64 granted=2 impl=openblas"), "{}", r.stderr);
-    assert!(r.stderr.contains("runtime_found impl=openblas kind=blas"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(
+            "clamp symbol=\"openblas_set_num_threads\" requested=64 granted=2 impl=openblas"
+        ),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("runtime_found impl=openblas kind=blas"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -66,7 +102,10 @@ fn constructor_threads_before_ours_are_safe_and_rpath_origin_still_works() {
     assert_eq!(r.int("early_threads"), 3);
     assert_eq!(r.int("team"), 1);
     let rep = &reports(&dir)[0];
-    assert!(rep["other_threads"]["created"].as_u64().unwrap() >= 3, "{rep}");
+    assert!(
+        rep["other_threads"]["created"].as_u64().unwrap() >= 3,
+        "{rep}"
+    );
 }
 
 #[test]
@@ -85,7 +124,12 @@ fn budget_is_exported_to_later_libraries_and_children() {
     assert_eq!(r.get("numba"), "3");
     assert_eq!(r.get("rayon"), "3");
     assert_eq!(r.get("veclib"), "3");
-    assert!(r.stderr.contains("env_lowered var=OMP_NUM_THREADS from=\"8\" to=\"3\""), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("env_lowered var=OMP_NUM_THREADS from=\"8\" to=\"3\""),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -98,29 +142,65 @@ fn affinity_mask_sets_the_budget_when_unset() {
     r.ok();
     assert_eq!(r.int("team"), 1);
     let reps = reports(&dir);
-    let rep = reps.iter().find(|r| !runtimes_of(r, "libgomp").is_empty()).expect("fixture report");
+    let rep = reps
+        .iter()
+        .find(|r| !runtimes_of(r, "libgomp").is_empty())
+        .expect("fixture report");
     assert_eq!(rep["budget"], 1);
     assert_eq!(rep["budget_source"], "affinity");
 }
 
 fn bad_value_gives_one_line(var: &str, value: &str, expect_using: &str) {
-    let r = cmd(&fixture("omp_teams_gcc"), &["64"]).shim().env(var, value).run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["64"])
+        .shim()
+        .env(var, value)
+        .run();
     assert!(!r.timed_out);
-    assert_eq!(r.code, 0, "{var}={value:?} must not change the exit code: {}", r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "{var}={value:?} must not change the exit code: {}",
+        r.stderr
+    );
     let lines = r.shim_lines();
-    assert_eq!(lines.len(), 1, "{var}={value:?}: exactly one line, got {lines:?}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{var}={value:?}: exactly one line, got {lines:?}"
+    );
     let l = lines[0];
-    assert!(l.contains(" WARN bad_env ") && l.contains(&format!("var={var}")), "{l}");
+    assert!(
+        l.contains(" WARN bad_env ") && l.contains(&format!("var={var}")),
+        "{l}"
+    );
     let quoted = value.replace('\\', "\\\\").replace('"', "\\\"");
-    assert!(l.contains(&format!("value=\"{quoted}\"")), "names the value: {l}");
-    assert!(l.contains(&format!("using={expect_using}")), "says what is used: {l}");
+    assert!(
+        l.contains(&format!("value=\"{quoted}\"")),
+        "names the value: {l}"
+    );
+    assert!(
+        l.contains(&format!("using={expect_using}")),
+        "says what is used: {l}"
+    );
     assert!(r.int("team") >= 1);
 }
 
 #[test]
 fn bad_parbudget_cores_values_each_get_their_line_and_exit_0() {
-    let detected = std::thread::available_parallelism().unwrap().get().to_string();
-    for v in ["abc", "0", "-3", "2.5", "1e9", "99999999999999999999", "4 cores", "0x10", "5000"] {
+    let detected = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
+    for v in [
+        "abc",
+        "0",
+        "-3",
+        "2.5",
+        "1e9",
+        "99999999999999999999",
+        "4 cores",
+        "0x10",
+        "5000",
+    ] {
         bad_value_gives_one_line("PARBUDGET_CORES", v, &detected);
     }
 }
@@ -134,22 +214,46 @@ fn bad_log_and_fork_values_each_get_their_line() {
 
 #[test]
 fn empty_value_means_unset_and_exit_codes_pass_through() {
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().env("PARBUDGET_CORES", "").run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
+        .shim()
+        .env("PARBUDGET_CORES", "")
+        .run();
     r.ok();
     assert!(r.shim_lines().is_empty(), "{}", r.stderr);
-    let r = cmd("sh", &["-c", "exit 7"]).shim().env("PARBUDGET_CORES", "abc").run();
+    let r = cmd("sh", &["-c", "exit 7"])
+        .shim()
+        .env("PARBUDGET_CORES", "abc")
+        .run();
     assert_eq!(r.code, 7);
 }
 
 #[test]
 fn log_levels_filter_and_format() {
-    let r = cmd(&fixture("omp_teams_gcc"), &["64"]).shim().cores(2).env("PARBUDGET_LOG", "debug").run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["64"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LOG", "debug")
+        .run();
     r.ok();
     let lines = r.shim_lines();
-    assert!(lines.iter().any(|l| l.contains(" INFO budget cores=2 source=env")), "{lines:?}");
-    assert!(lines.iter().any(|l| l.contains(" DEBUG grant symbol=\"GOMP_parallel\"")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" INFO budget cores=2 source=env")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" DEBUG grant symbol=\"GOMP_parallel\"")),
+        "{lines:?}"
+    );
     let pid_prefix = lines[0].split(' ').next().unwrap();
     assert!(pid_prefix.starts_with("parbudget[") && pid_prefix.ends_with(']'));
-    let r = cmd(&fixture("omp_teams_gcc"), &["64"]).shim().cores(2).env("PARBUDGET_LOG", "error").run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["64"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LOG", "error")
+        .run();
     assert!(r.shim_lines().is_empty());
 }

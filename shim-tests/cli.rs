@@ -4,15 +4,29 @@ use crate::support::*;
 
 fn bin() -> String {
     // The launcher built beside the shim (scripts/test builds both).
-    root().join("target/release/parbudget").display().to_string()
+    root()
+        .join("target/release/parbudget")
+        .display()
+        .to_string()
 }
 
 #[test]
 fn run_puts_the_shim_first_and_keeps_the_users_preload() {
     let extra = fixture("libearly.so");
-    let r = cmd(&bin(), &["run", "--cores", "3", "--", "sh", "-c", "echo \"$LD_PRELOAD|$PARBUDGET_CORES\""])
-        .env("LD_PRELOAD", &extra)
-        .run();
+    let r = cmd(
+        &bin(),
+        &[
+            "run",
+            "--cores",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$LD_PRELOAD|$PARBUDGET_CORES\"",
+        ],
+    )
+    .env("LD_PRELOAD", &extra)
+    .run();
     r.ok();
     let line = r.stdout.trim();
     let (preload, cores) = line.split_once('|').unwrap();
@@ -33,10 +47,27 @@ fn run_passes_exit_codes_and_signals_through() {
 
 #[test]
 fn run_applies_the_budget_and_options() {
-    let r = cmd(&bin(), &["run", "--cores", "2", "--log", "info", "--", &fixture("omp_teams_gcc"), "64"]).run();
+    let r = cmd(
+        &bin(),
+        &[
+            "run",
+            "--cores",
+            "2",
+            "--log",
+            "info",
+            "--",
+            &fixture("omp_teams_gcc"),
+            "64",
+        ],
+    )
+    .run();
     r.ok();
     assert_eq!(r.int("team"), 2);
-    assert!(r.stderr.contains("INFO budget cores=2 source=env"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("INFO budget cores=2 source=env"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -69,21 +100,51 @@ fn help_and_version() {
 
 #[test]
 fn doctor_names_libgomp_and_the_fork_hazard() {
-    let r = cmd(&bin(), &["doctor", "--cores", "2", "--", &fixture("fork_gomp_gcc"), "both"]).timeout(60).run();
+    let r = cmd(
+        &bin(),
+        &[
+            "doctor",
+            "--cores",
+            "2",
+            "--",
+            &fixture("fork_gomp_gcc"),
+            "both",
+        ],
+    )
+    .timeout(60)
+    .run();
     r.ok();
-    assert!(r.stdout.contains("budget: 2 cores (from env)"), "{}", r.stdout);
-    assert!(r.stdout.lines().any(|l| l.trim_start().starts_with("libgomp") && l.contains("libgomp.so")), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("budget: 2 cores (from env)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with("libgomp") && l.contains("libgomp.so")),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("fork_after_gomp"));
     assert!(r.stdout.contains("spawn"));
-    assert!(!r.stdout.contains("parent_team="), "the program's output goes to stderr");
+    assert!(
+        !r.stdout.contains("parent_team="),
+        "the program's output goes to stderr"
+    );
     assert!(r.stderr.contains("parent_team=2"));
 }
 
 #[test]
 fn doctor_json_is_the_report_only() {
-    let r = cmd(&bin(), &["doctor", "--json", "--", &fixture("omp_teams_gcc"), "64"]).run();
+    let r = cmd(
+        &bin(),
+        &["doctor", "--json", "--", &fixture("omp_teams_gcc"), "64"],
+    )
+    .run();
     r.ok();
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
     assert_eq!(runtimes_of(&v, "libgomp")[0]["requested_max"], 64);
     assert!(v["runtimes"][0]["clamped"].as_u64().unwrap() >= 1);
     assert_eq!(v["exit_code"], 0);
@@ -91,7 +152,22 @@ fn doctor_json_is_the_report_only() {
 
 #[test]
 fn doctor_shows_the_numpy_openblas_version() {
-    let r = cmd(&bin(), &["doctor", "--", &python(), "-c", "import numpy; numpy.ones((300,300)) @ numpy.ones((300,300))"]).timeout(90).run();
+    let r = cmd(
+        &bin(),
+        &[
+            "doctor",
+            "--",
+            &python(),
+            "-c",
+            "import numpy; numpy.ones((300,300)) @ numpy.ones((300,300))",
+        ],
+    )
+    .timeout(90)
+    .run();
     r.ok();
-    assert!(r.stdout.contains("openblas") && r.stdout.contains("[numpy 2."), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("openblas") && r.stdout.contains("[numpy 2."),
+        "{}",
+        r.stdout
+    );
 }

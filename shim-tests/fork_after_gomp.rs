@@ -4,19 +4,35 @@
 use crate::support::*;
 
 fn fork_run(bin: &str, mode: &str) -> Run {
-    cmd(&fixture(bin), &[mode]).shim().cores(2).env("FORK_WAIT", "8").timeout(40).run()
+    cmd(&fixture(bin), &[mode])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .timeout(40)
+        .run()
 }
 
 fn fork_warnings(r: &Run) -> Vec<&str> {
-    r.shim_lines().into_iter().filter(|l| l.contains("fork_after_gomp")).collect()
+    r.shim_lines()
+        .into_iter()
+        .filter(|l| l.contains("fork_after_gomp"))
+        .collect()
 }
 
 #[test]
 fn the_hazard_is_real_without_the_shim() {
-    let r = cmd(&fixture("fork_gomp_gcc"), &["both"]).env("FORK_WAIT", "3").timeout(30).run();
+    let r = cmd(&fixture("fork_gomp_gcc"), &["both"])
+        .env("FORK_WAIT", "3")
+        .timeout(30)
+        .run();
     r.ok();
     assert_eq!(r.int("parent_team"), 2);
-    assert_eq!(r.int("child_hung"), 1, "libgomp's child should hang without the shim: {}", r.stdout);
+    assert_eq!(
+        r.int("child_hung"),
+        1,
+        "libgomp's child should hang without the shim: {}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -26,12 +42,32 @@ fn child_completes_default_and_clause_regions_with_a_warning() {
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("child_status"), 0);
     assert_eq!(r.int("child_team"), 1);
-    assert_eq!(r.int("child_clause_team"), 1, "num_threads(4) must not reopen the hazard");
-    assert_eq!(r.int("parent_after_team"), 2, "the parent keeps its full team");
+    assert_eq!(
+        r.int("child_clause_team"),
+        1,
+        "num_threads(4) must not reopen the hazard"
+    );
+    assert_eq!(
+        r.int("parent_after_team"),
+        2,
+        "the parent keeps its full team"
+    );
     let w = fork_warnings(&r);
     assert_eq!(w.len(), 1, "{}", r.stderr);
-    assert!(w[0].contains(" WARN fork_after_gomp child=") && w[0].contains("libgomp=\"") && w[0].contains("spawn"), "{}", w[0]);
-    let child_pid = w[0].split("child=").nth(1).unwrap().split(' ').next().unwrap();
+    assert!(
+        w[0].contains(" WARN fork_after_gomp child=")
+            && w[0].contains("libgomp=\"")
+            && w[0].contains("spawn"),
+        "{}",
+        w[0]
+    );
+    let child_pid = w[0]
+        .split("child=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
     assert!(child_pid.parse::<u32>().unwrap() > 0);
 }
 
@@ -116,11 +152,20 @@ fn llvm_libomp_forks_silently_and_keeps_its_team() {
 
 #[test]
 fn abort_policy_exits_the_child_with_a_message() {
-    let r = cmd(&fixture("fork_gomp_gcc"), &["default"]).shim().cores(2).env("PARBUDGET_FORK", "abort").timeout(30).run();
+    let r = cmd(&fixture("fork_gomp_gcc"), &["default"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_FORK", "abort")
+        .timeout(30)
+        .run();
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("child_status"), 70);
-    assert!(r.stderr.contains("ERROR fork_after_gomp_abort"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR fork_after_gomp_abort"),
+        "{}",
+        r.stderr
+    );
     assert!(r.stderr.contains("policy=abort"));
 }
 
@@ -134,6 +179,14 @@ fn warn_policy_only_warns() {
         .timeout(30)
         .run();
     r.ok();
-    assert_eq!(r.int("child_hung"), 1, "as asked: the child is not protected");
-    assert!(r.stderr.contains("policy=warn") && r.stderr.contains("will hang"), "{}", r.stderr);
+    assert_eq!(
+        r.int("child_hung"),
+        1,
+        "as asked: the child is not protected"
+    );
+    assert!(
+        r.stderr.contains("policy=warn") && r.stderr.contains("will hang"),
+        "{}",
+        r.stderr
+    );
 }

@@ -5,25 +5,49 @@ use crate::support::*;
 
 #[test]
 fn four_threads_share_the_budget_and_a_lone_caller_keeps_it() {
-    let base = cmd(&fixture("threads_omp_gcc"), &["4", "300"]).env("OMP_NUM_THREADS", "2").run();
-    assert_eq!(base.ok().float("mean_team"), 2.0, "without the shim each thread runs teams of 2");
-    let r = cmd(&fixture("threads_omp_gcc"), &["4", "300"]).shim().cores(2).run();
+    let base = cmd(&fixture("threads_omp_gcc"), &["4", "300"])
+        .env("OMP_NUM_THREADS", "2")
+        .run();
+    assert_eq!(
+        base.ok().float("mean_team"),
+        2.0,
+        "without the shim each thread runs teams of 2"
+    );
+    let r = cmd(&fixture("threads_omp_gcc"), &["4", "300"])
+        .shim()
+        .cores(2)
+        .run();
     r.ok();
     assert!(r.float("mean_team") <= 1.25, "{}", r.stdout);
-    let lone = cmd(&fixture("threads_omp_gcc"), &["1", "300"]).shim().cores(2).run();
+    let lone = cmd(&fixture("threads_omp_gcc"), &["1", "300"])
+        .shim()
+        .cores(2)
+        .run();
     assert!(lone.ok().float("mean_team") >= 1.9, "{}", lone.stdout);
 }
 
 #[test]
 fn llvm_libomp_regions_are_sized_by_the_ledger_too() {
-    let base = cmd(&fixture("threads_omp_clang"), &["4", "300"]).env("OMP_NUM_THREADS", "2").run();
+    let base = cmd(&fixture("threads_omp_clang"), &["4", "300"])
+        .env("OMP_NUM_THREADS", "2")
+        .run();
     assert_eq!(base.ok().float("mean_team"), 2.0);
-    let r = cmd(&fixture("threads_omp_clang"), &["4", "300"]).shim().cores(2).run();
+    let r = cmd(&fixture("threads_omp_clang"), &["4", "300"])
+        .shim()
+        .cores(2)
+        .run();
     assert!(r.ok().float("mean_team") <= 1.25, "{}", r.stdout);
-    let lone = cmd(&fixture("threads_omp_clang"), &["1", "300"]).shim().cores(2).run();
+    let lone = cmd(&fixture("threads_omp_clang"), &["1", "300"])
+        .shim()
+        .cores(2)
+        .run();
     assert!(lone.ok().float("mean_team") >= 1.9, "{}", lone.stdout);
     let dir = tempdir("kmpc");
-    let r = cmd(&fixture("regions_clang"), &["500", "4096"]).shim().cores(2).env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display())).run();
+    let r = cmd(&fixture("regions_clang"), &["500", "4096"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .run();
     r.ok();
     let rep = &reports(&dir)[0];
     let omp = runtimes_of(rep, "libomp");
@@ -35,10 +59,17 @@ fn llvm_libomp_regions_are_sized_by_the_ledger_too() {
 fn nested_regions_stay_within_the_budget_and_return_it() {
     let base = cmd(&fixture("nested_gcc"), &["2", "2"]).run();
     assert_eq!(base.ok().int("inner_max"), 2);
-    let r = cmd(&fixture("nested_gcc"), &["2", "2"]).shim().cores(2).run();
+    let r = cmd(&fixture("nested_gcc"), &["2", "2"])
+        .shim()
+        .cores(2)
+        .run();
     r.ok();
     assert_eq!(r.int("outer_team"), 2);
-    assert_eq!(r.int("inner_max"), 1, "the budget is spent by the outer team");
+    assert_eq!(
+        r.int("inner_max"),
+        1,
+        "the budget is spent by the outer team"
+    );
     assert_eq!(r.int("after_team"), 2, "and comes back after");
 }
 
@@ -46,13 +77,25 @@ fn nested_regions_stay_within_the_budget_and_return_it() {
 fn four_processes(scope: &str) -> Vec<f64> {
     let dir = tempdir(&format!("procs-{scope}"));
     let bin = fixture("regions_gcc");
-    let script = format!("for i in 1 2 3 4; do {bin} 3000 40960 > {d}/out-$i.txt & done; wait", d = dir.display());
-    let r = cmd("sh", &["-c", &script]).shim().cores(2).env("PARBUDGET_SCOPE", scope).timeout(120).run();
+    let script = format!(
+        "for i in 1 2 3 4; do {bin} 3000 40960 > {d}/out-$i.txt & done; wait",
+        d = dir.display()
+    );
+    let r = cmd("sh", &["-c", &script])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_SCOPE", scope)
+        .timeout(120)
+        .run();
     r.ok();
     (1..=4)
         .map(|i| {
             let text = std::fs::read_to_string(dir.join(format!("out-{i}.txt"))).unwrap();
-            text.lines().find_map(|l| l.strip_prefix("mean_team=")).unwrap().parse().unwrap()
+            text.lines()
+                .find_map(|l| l.strip_prefix("mean_team="))
+                .unwrap()
+                .parse()
+                .unwrap()
         })
         .collect()
 }
@@ -60,20 +103,38 @@ fn four_processes(scope: &str) -> Vec<f64> {
 #[test]
 fn processes_of_one_tree_share_one_ledger() {
     let per_process = four_processes("process");
-    assert!(per_process.iter().all(|m| *m == 2.0), "scope=process: each process alone: {per_process:?}");
+    assert!(
+        per_process.iter().all(|m| *m == 2.0),
+        "scope=process: each process alone: {per_process:?}"
+    );
     let tree = four_processes("tree");
     let avg = tree.iter().sum::<f64>() / 4.0;
-    assert!(avg < 1.5, "four processes on a 2-core tree budget: {tree:?}");
+    assert!(
+        avg < 1.5,
+        "four processes on a 2-core tree budget: {tree:?}"
+    );
 }
 
 #[test]
 fn forked_and_spawned_python_workers_share_one_ledger() {
     for method in ["fork", "spawn"] {
-        let r = cmd(&python(), &[&root().join("shim-tests/py/workers_regions.py").display().to_string(), &fixture("libregions.so"), method, "4", "2000"])
-            .shim()
-            .cores(2)
-            .timeout(120)
-            .run();
+        let r = cmd(
+            &python(),
+            &[
+                &root()
+                    .join("shim-tests/py/workers_regions.py")
+                    .display()
+                    .to_string(),
+                &fixture("libregions.so"),
+                method,
+                "4",
+                "2000",
+            ],
+        )
+        .shim()
+        .cores(2)
+        .timeout(120)
+        .run();
         r.ok();
         assert!(r.float("mean_of_means") < 1.5, "{method}: {}", r.stdout);
     }
@@ -89,9 +150,19 @@ fn a_holder_killed_by_sigkill_gives_its_share_back() {
         "{blocker} > /dev/null & b=$!; sleep 1; echo during=$({teams} 0 | grep '^team=' | cut -d= -f2); \
          kill -9 $b; wait $b 2>/dev/null; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2)"
     );
-    let r = cmd("sh", &["-c", &script]).shim().cores(2).env("PARBUDGET_LOG", "info").timeout(60).run();
+    let r = cmd("sh", &["-c", &script])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LOG", "info")
+        .timeout(60)
+        .run();
     r.ok();
-    assert_eq!(r.int("during"), 1, "the blocked holder counts: {}", r.stderr);
+    assert_eq!(
+        r.int("during"),
+        1,
+        "the blocked holder counts: {}",
+        r.stderr
+    );
     assert_eq!(r.int("after"), 2, "its share came back: {}", r.stderr);
     assert!(r.stderr.contains("ledger_reclaimed"), "{}", r.stderr);
 }
@@ -104,7 +175,11 @@ fn a_killed_zombie_holder_is_reclaimed_before_it_is_reaped() {
     let script = format!(
         "{blocker} > /dev/null & b=$!; sleep 1; kill -9 $b; sleep 0.3; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2); wait"
     );
-    let r = cmd("sh", &["-c", &script]).shim().cores(2).timeout(60).run();
+    let r = cmd("sh", &["-c", &script])
+        .shim()
+        .cores(2)
+        .timeout(60)
+        .run();
     r.ok();
     assert_eq!(r.int("after"), 2, "{}", r.stderr);
 }
@@ -118,40 +193,84 @@ fn the_ledger_is_private_validated_and_removed() {
     std::fs::write(&file, b"not a ledger").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
-    r.ok();
-    assert_eq!(r.int("team"), 2);
-    assert!(r.stderr.contains("ledger_fallback") && r.stderr.contains("mode 0600"), "{}", r.stderr);
-    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
-    assert!(r.ok().stderr.contains("wrong size"), "{}", r.stderr);
-    std::fs::remove_file(&file).unwrap();
-
-    // A name the user chose is created 0600 and stays for the next job.
-    let r = cmd("sh", &["-c", &format!("stat -c %a {file}; {} 0 | grep team", fixture("omp_teams_gcc"))])
+    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
         .shim()
         .cores(2)
         .env("PARBUDGET_LEDGER", &name)
         .run();
     r.ok();
+    assert_eq!(r.int("team"), 2);
+    assert!(
+        r.stderr.contains("ledger_fallback") && r.stderr.contains("mode 0600"),
+        "{}",
+        r.stderr
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LEDGER", &name)
+        .run();
+    assert!(r.ok().stderr.contains("wrong size"), "{}", r.stderr);
+    std::fs::remove_file(&file).unwrap();
+
+    // A name the user chose is created 0600 and stays for the next job.
+    let r = cmd(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "stat -c %a {file}; {} 0 | grep team",
+                fixture("omp_teams_gcc")
+            ),
+        ],
+    )
+    .shim()
+    .cores(2)
+    .env("PARBUDGET_LEDGER", &name)
+    .run();
+    r.ok();
     assert_eq!(r.stdout.lines().next().unwrap(), "600");
     assert!(std::path::Path::new(&file).exists());
-    let again = cmd(&fixture("omp_teams_gcc"), &["0"]).shim().cores(2).env("PARBUDGET_LEDGER", &name).run();
-    assert!(again.ok().shim_lines().is_empty(), "reused silently: {}", again.stderr);
+    let again = cmd(&fixture("omp_teams_gcc"), &["0"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LEDGER", &name)
+        .run();
+    assert!(
+        again.ok().shim_lines().is_empty(),
+        "reused silently: {}",
+        again.stderr
+    );
     std::fs::remove_file(&file).unwrap();
 
     // A generated name is 0600 and removed by the last member to leave.
-    let r = cmd("sh", &["-c", "echo name=$PARBUDGET_LEDGER; stat -c mode=%a /dev/shm$PARBUDGET_LEDGER"]).shim().cores(2).run();
+    let r = cmd(
+        "sh",
+        &[
+            "-c",
+            "echo name=$PARBUDGET_LEDGER; stat -c mode=%a /dev/shm$PARBUDGET_LEDGER",
+        ],
+    )
+    .shim()
+    .cores(2)
+    .run();
     r.ok();
     assert_eq!(r.get("mode"), "600");
     let generated = format!("/dev/shm{}", r.get("name"));
     assert!(r.get("name").starts_with("/parbudget-"));
-    assert!(!std::path::Path::new(&generated).exists(), "removed at exit: {generated}");
+    assert!(
+        !std::path::Path::new(&generated).exists(),
+        "removed at exit: {generated}"
+    );
 }
 
 #[test]
 fn libiomp5_from_pypi_is_clamped() {
-    let r = cmd(&fixture("omp_teams_iomp"), &["64", "64"]).shim().cores(2).run();
+    let r = cmd(&fixture("omp_teams_iomp"), &["64", "64"])
+        .shim()
+        .cores(2)
+        .run();
     r.ok();
     assert_eq!(r.int("team"), 2);
     assert!(r.int("clause_team") <= 2);
@@ -172,15 +291,33 @@ fn scikit_learn_vendored_libgomp_beside_the_system_one() {
          lib = ctypes.CDLL('{}')\nprint('team=%d' % lib.fix_team(0))",
         fixture("libregions.so")
     );
-    let r = cmd(&python(), &["-c", &code]).shim().cores(2).env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display())).timeout(120).run();
+    let r = cmd(&python(), &["-c", &code])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .timeout(120)
+        .run();
     r.ok();
     assert_eq!(r.int("team"), 2);
     let rep = &reports(&dir)[0];
     let gomps = runtimes_of(rep, "libgomp");
     assert_eq!(gomps.len(), 2, "{rep}");
     for g in &gomps {
-        assert!(g["regions"].as_u64().unwrap() >= 1, "each copy's regions went to that copy: {g}");
+        assert!(
+            g["regions"].as_u64().unwrap() >= 1,
+            "each copy's regions went to that copy: {g}"
+        );
     }
-    assert!(gomps.iter().any(|g| g["path"].as_str().unwrap().contains("scikit_learn.libs")));
-    assert!(r.shim_lines().iter().any(|l| l.contains("conflict_openblas") || !l.contains("WARN")), "{}", r.stderr);
+    assert!(
+        gomps
+            .iter()
+            .any(|g| g["path"].as_str().unwrap().contains("scikit_learn.libs"))
+    );
+    assert!(
+        r.shim_lines()
+            .iter()
+            .any(|l| l.contains("conflict_openblas") || !l.contains("WARN")),
+        "{}",
+        r.stderr
+    );
 }

@@ -23,37 +23,76 @@ fn four_program_threads_and_libgomp_workers_are_attributed() {
     assert_eq!(gomp.len(), 1, "{rep}");
     assert_eq!(gomp[0]["kind"], "openmp");
     let made = gomp[0]["threads_created"].as_u64().unwrap();
-    assert!(made >= 1, "libgomp's workers are attributed to libgomp: {rep}");
+    assert!(
+        made >= 1,
+        "libgomp's workers are attributed to libgomp: {rep}"
+    );
     assert!(gomp[0]["regions"].as_u64().unwrap() == 200);
     assert!(gomp[0]["path"].as_str().unwrap().contains("libgomp"));
 }
 
 #[test]
 fn stderr_table_report() {
-    let r = cmd(&fixture("omp_teams_gcc"), &["64"]).shim().cores(2).env("PARBUDGET_REPORT", "stderr").run();
+    let r = cmd(&fixture("omp_teams_gcc"), &["64"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_REPORT", "stderr")
+        .run();
     r.ok();
-    assert!(r.stderr.contains("report: budget 2 cores (from env)"), "{}", r.stderr);
-    assert!(r.stderr.lines().any(|l| l.trim_start().starts_with("libgomp ") && l.contains("openmp")), "{}", r.stderr);
-    assert!(r.stderr.lines().any(|l| l.trim_start().starts_with("other ")), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("report: budget 2 cores (from env)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("libgomp ") && l.contains("openmp")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("other ")),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
 fn gcc_program_with_libomp_preloaded_warns_of_the_conflict() {
     let dir = tempdir("conflict");
     let libomp = "/usr/lib/llvm-14/lib/libomp.so.5";
-    assert!(std::path::Path::new(libomp).exists(), "libomp-dev must be installed");
+    assert!(
+        std::path::Path::new(libomp).exists(),
+        "libomp-dev must be installed"
+    );
     let r = cmd(&fixture("omp_teams_gcc"), &["0"])
         .env("LD_PRELOAD", &format!("{}:{libomp}", shim().display()))
         .cores(2)
         .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
         .run();
     r.ok();
-    let warn: Vec<_> = r.shim_lines().into_iter().filter(|l| l.contains(" WARN conflict_openmp")).collect();
+    let warn: Vec<_> = r
+        .shim_lines()
+        .into_iter()
+        .filter(|l| l.contains(" WARN conflict_openmp"))
+        .collect();
     assert_eq!(warn.len(), 1, "once per pair: {}", r.stderr);
-    assert!(warn[0].contains("libomp") && warn[0].contains("libgomp"), "{}", warn[0]);
+    assert!(
+        warn[0].contains("libomp") && warn[0].contains("libgomp"),
+        "{}",
+        warn[0]
+    );
     let rep = &reports(&dir)[0];
     let w = rep["warnings"].as_array().unwrap();
-    assert!(w.iter().any(|w| w["kind"].as_str().unwrap().contains("conflict") && w["message"].as_str().unwrap().contains("libomp")), "{rep}");
+    assert!(
+        w.iter()
+            .any(|w| w["kind"].as_str().unwrap().contains("conflict")
+                && w["message"].as_str().unwrap().contains("libomp")),
+        "{rep}"
+    );
 }
 
 #[test]
@@ -68,8 +107,20 @@ fn forked_children_write_their_own_report() {
     r.ok();
     let reps = reports(&dir);
     assert_eq!(reps.len(), 2, "parent and child");
-    let parent = reps.iter().find(|x| x["warnings"].as_array().unwrap().iter().any(|w| w["kind"] == "fork_after_gomp")).expect("parent report has the fork warning");
-    let child = reps.iter().find(|x| x["ppid"] == parent["pid"]).expect("child report");
+    let parent = reps
+        .iter()
+        .find(|x| {
+            x["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["kind"] == "fork_after_gomp")
+        })
+        .expect("parent report has the fork warning");
+    let child = reps
+        .iter()
+        .find(|x| x["ppid"] == parent["pid"])
+        .expect("child report");
     assert_eq!(runtimes_of(child, "libgomp")[0]["mean_team"], 1.0);
 }
 
@@ -89,7 +140,10 @@ fn thread_storm_is_counted_exactly() {
     assert_eq!(rep["other_threads"]["created"], 4 + 4 * 2500, "{rep}");
     assert_eq!(rep["other_threads"]["live"], 0);
     let peak = rep["other_threads"]["peak"].as_u64().unwrap();
-    assert!((4..=8).contains(&peak), "4 creators + at most 4 short threads: {peak}");
+    assert!(
+        (4..=8).contains(&peak),
+        "4 creators + at most 4 short threads: {peak}"
+    );
 }
 
 #[test]
@@ -116,9 +170,14 @@ fn signal_report_of_a_process_stalled_in_a_region() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(still_running, "the report must not end the stalled process");
-    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("signal report written")).unwrap();
+    let rep: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("signal report written"))
+            .unwrap();
     let g = runtimes_of(&rep, "libgomp");
-    assert_eq!(g[0]["threads_live"], 1, "the stalled region's worker: {rep}");
+    assert_eq!(
+        g[0]["threads_live"], 1,
+        "the stalled region's worker: {rep}"
+    );
     assert_eq!(g[0]["regions"], 1);
 }
 
@@ -127,7 +186,11 @@ fn thread_creation_inside_a_constructor_inside_dlopen_does_not_deadlock() {
     // dlopen holds the loader's lock while libctorwait's constructor waits for
     // a thread that creates a thread: the pthread_create hook must not take
     // that lock (no dladdr/dlopen there).
-    let r = cmd(&fixture("dlopen_main"), &[&fixture("libctorwait.so")]).shim().cores(2).timeout(20).run();
+    let r = cmd(&fixture("dlopen_main"), &[&fixture("libctorwait.so")])
+        .shim()
+        .cores(2)
+        .timeout(20)
+        .run();
     r.ok();
     assert_eq!(r.int("done"), 1);
 }

@@ -22,9 +22,18 @@ pub fn shim() -> PathBuf {
             let so = root().join("target/release/libparbudget.so");
             let built = std::fs::metadata(&so)
                 .and_then(|m| m.modified())
-                .unwrap_or_else(|_| panic!("{} missing: run `cargo build --release` (scripts/test does)", so.display()));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} missing: run `cargo build --release` (scripts/test does)",
+                        so.display()
+                    )
+                });
             let newest = newest_mtime(&root().join("src"));
-            assert!(built >= newest, "{} is older than src/: run `cargo build --release` (scripts/test does)", so.display());
+            assert!(
+                built >= newest,
+                "{} is older than src/: run `cargo build --release` (scripts/test does)",
+                so.display()
+            );
             so
         })
         .clone()
@@ -37,7 +46,11 @@ fn newest_mtime(dir: &Path) -> SystemTime {
         if p.ends_with("bin") {
             continue; // the launcher's sources do not relink the shim
         }
-        let t = if p.is_dir() { newest_mtime(&p) } else { e.metadata().unwrap().modified().unwrap() };
+        let t = if p.is_dir() {
+            newest_mtime(&p)
+        } else {
+            e.metadata().unwrap().modified().unwrap()
+        };
         newest = newest.max(t);
     }
     newest
@@ -69,7 +82,11 @@ pub fn fixture(name: &str) -> String {
 /// The project venv's python (numpy, scipy, scikit-learn, threadpoolctl).
 pub fn python() -> String {
     let p = root().join("target/venv/bin/python");
-    assert!(p.exists(), "{} missing: scripts/setup creates the venv", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: scripts/setup creates the venv",
+        p.display()
+    );
     p.display().to_string()
 }
 
@@ -90,21 +107,39 @@ impl Run {
             .collect()
     }
     pub fn get(&self, key: &str) -> String {
-        self.kv().get(key).cloned().unwrap_or_else(|| panic!("no {key}= in output:\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        self.kv().get(key).cloned().unwrap_or_else(|| {
+            panic!(
+                "no {key}= in output:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
     pub fn int(&self, key: &str) -> i64 {
-        self.get(key).parse().unwrap_or_else(|_| panic!("{key} is not an integer: {}", self.stdout))
+        self.get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not an integer: {}", self.stdout))
     }
     pub fn float(&self, key: &str) -> f64 {
         self.get(key).parse().unwrap()
     }
     /// Our log lines (the shim's stderr), excluding the program's own output.
     pub fn shim_lines(&self) -> Vec<&str> {
-        self.stderr.lines().filter(|l| l.starts_with("parbudget[")).collect()
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("parbudget["))
+            .collect()
     }
     pub fn ok(&self) -> &Self {
-        assert!(!self.timed_out, "timed out\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
-        assert_eq!(self.code, 0, "exit code\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert!(
+            !self.timed_out,
+            "timed out\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert_eq!(
+            self.code, 0,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -131,7 +166,10 @@ pub fn cmd(program: &str, args: &[&str]) -> Cmd {
             c.env_remove(k);
         }
     }
-    Cmd { cmd: c, timeout: Duration::from_secs(60) }
+    Cmd {
+        cmd: c,
+        timeout: Duration::from_secs(60),
+    }
 }
 
 impl Cmd {
@@ -151,7 +189,11 @@ impl Cmd {
         self
     }
     pub fn spawn(mut self) -> std::process::Child {
-        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
         self.cmd.spawn().expect("spawn")
     }
     /// Runs to completion or timeout; on timeout the whole process group is killed.
@@ -184,8 +226,15 @@ impl Cmd {
             std::thread::sleep(Duration::from_millis(10));
         };
         use std::os::unix::process::ExitStatusExt;
-        let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Run { stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap(), code, timed_out }
+        let code = status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        Run {
+            stdout: t_out.join().unwrap(),
+            stderr: t_err.join().unwrap(),
+            code,
+            timed_out,
+        }
     }
 }
 
@@ -201,7 +250,9 @@ pub fn send_signal(pid: u32, sig: i32) {
 
 /// A fresh private directory under target/ for one test's files.
 pub fn tempdir(name: &str) -> PathBuf {
-    let d = root().join("target/test-tmp").join(format!("{name}-{}", std::process::id()));
+    let d = root()
+        .join("target/test-tmp")
+        .join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -215,7 +266,8 @@ pub fn reports(dir: &Path) -> Vec<serde_json::Value> {
         .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
         .map(|e| {
             let text = std::fs::read_to_string(e.path()).unwrap();
-            serde_json::from_str::<serde_json::Value>(&text).unwrap_or_else(|err| panic!("{}: {err}\n{text}", e.path().display()))
+            serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or_else(|err| panic!("{}: {err}\n{text}", e.path().display()))
         })
         .collect();
     v.sort_by_key(|r| r["pid"].as_i64());
@@ -223,5 +275,10 @@ pub fn reports(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 pub fn runtimes_of<'a>(report: &'a serde_json::Value, imp: &str) -> Vec<&'a serde_json::Value> {
-    report["runtimes"].as_array().unwrap().iter().filter(|r| r["impl"] == imp).collect()
+    report["runtimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["impl"] == imp)
+        .collect()
 }

@@ -84,7 +84,9 @@ pub fn parse_cores(value: &[u8]) -> Result<u32, BadCores> {
 /// Cores granted by a cgroup v2 `cpu.max` ("max 100000" or "150000 100000").
 /// `None` means unlimited or unreadable.
 pub fn parse_cpu_max(content: &[u8]) -> Option<u32> {
-    let mut fields = trim(content).split(|b| *b == b' ').filter(|f| !f.is_empty());
+    let mut fields = trim(content)
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
     let quota = fields.next()?;
     let period = fields.next().unwrap_or(b"100000");
     if quota == b"max" {
@@ -113,8 +115,14 @@ fn quota_cores(quota: i64, period: i64) -> Option<u32> {
 pub fn choose(affinity: u32, quota: Option<u32>) -> Budget {
     let affinity = affinity.max(1);
     match quota {
-        Some(q) if q < affinity => Budget { cores: q, source: Source::Cgroup },
-        _ => Budget { cores: affinity, source: Source::Affinity },
+        Some(q) if q < affinity => Budget {
+            cores: q,
+            source: Source::Cgroup,
+        },
+        _ => Budget {
+            cores: affinity,
+            source: Source::Affinity,
+        },
     }
 }
 
@@ -125,7 +133,8 @@ pub fn cgroup_paths(proc_self_cgroup: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
     let mut v1 = None;
     for line in proc_self_cgroup.split(|b| *b == b'\n') {
         let mut parts = line.splitn(3, |b| *b == b':');
-        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(_id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         if ctrls.is_empty() {
@@ -179,9 +188,10 @@ pub fn cgroup_quota(files: &dyn Files) -> Option<u32> {
                 p.push_bytes(b"/cpu.cfs_period_us");
                 let (mut qb, mut pb) = ([0u8; 64], [0u8; 64]);
                 if !q.truncated && !p.truncated {
-                    if let (Some(qv), Some(pv)) =
-                        (files.read(q.as_bytes(), &mut qb), files.read(p.as_bytes(), &mut pb))
-                    {
+                    if let (Some(qv), Some(pv)) = (
+                        files.read(q.as_bytes(), &mut qb),
+                        files.read(p.as_bytes(), &mut pb),
+                    ) {
                         keep(parse_cfs(qv, pv));
                     }
                 }
@@ -216,8 +226,14 @@ pub fn count_cpus(mask: &[u8]) -> u32 {
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -229,7 +245,9 @@ fn parse_i64(v: &[u8]) -> Option<i64> {
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 18 {
         return None;
     }
-    let n = digits.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    let n = digits
+        .iter()
+        .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
     Some(if neg { -n } else { n })
 }
 
@@ -300,11 +318,18 @@ mod tests {
         assert_eq!(parse_cores(b" 2\n"), Ok(2));
         assert_eq!(parse_cores(b"4096"), Ok(4096));
         for bad in ["abc", "-3", "2.5", "1e9", "4 cores", "0x10", "", "+2"] {
-            assert_eq!(parse_cores(bad.as_bytes()), Err(BadCores::NotAnInteger), "{bad}");
+            assert_eq!(
+                parse_cores(bad.as_bytes()),
+                Err(BadCores::NotAnInteger),
+                "{bad}"
+            );
         }
         assert_eq!(parse_cores(b"0"), Err(BadCores::Zero));
         assert_eq!(parse_cores(b"4097"), Err(BadCores::TooLarge));
-        assert_eq!(parse_cores(b"99999999999999999999"), Err(BadCores::TooLarge));
+        assert_eq!(
+            parse_cores(b"99999999999999999999"),
+            Err(BadCores::TooLarge)
+        );
     }
 
     #[test]
@@ -321,9 +346,27 @@ mod tests {
     #[test]
     fn affinity_and_choice() {
         assert_eq!(count_cpus(&[0b1011, 0, 0x80]), 4);
-        assert_eq!(choose(64, Some(2)), Budget { cores: 2, source: Source::Cgroup });
-        assert_eq!(choose(2, Some(8)), Budget { cores: 2, source: Source::Affinity });
-        assert_eq!(choose(4, None), Budget { cores: 4, source: Source::Affinity });
+        assert_eq!(
+            choose(64, Some(2)),
+            Budget {
+                cores: 2,
+                source: Source::Cgroup
+            }
+        );
+        assert_eq!(
+            choose(2, Some(8)),
+            Budget {
+                cores: 2,
+                source: Source::Affinity
+            }
+        );
+        assert_eq!(
+            choose(4, None),
+            Budget {
+                cores: 4,
+                source: Source::Affinity
+            }
+        );
     }
 
     #[test]
@@ -349,9 +392,18 @@ mod tests {
     #[test]
     fn v1_cfs_quota() {
         let files = Sample(HashMap::from([
-            ("/proc/self/cgroup", "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n"),
-            ("/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "150000\n"),
-            ("/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000\n"),
+            (
+                "/proc/self/cgroup",
+                "12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n",
+            ),
+            (
+                "/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us",
+                "150000\n",
+            ),
+            (
+                "/sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us",
+                "100000\n",
+            ),
         ]));
         assert_eq!(cgroup_quota(&files), Some(2));
     }

@@ -38,18 +38,28 @@ impl ForkPolicy {
 /// level word is unknown (env_filter would silently drop it).
 pub fn log_spec_ok(spec: &str) -> bool {
     let spec = spec.split('/').next().unwrap_or("");
-    spec.split(',').map(str::trim).filter(|d| !d.is_empty()).all(|d| {
-        match d.split_once('=') {
-            Some((target, level)) => !target.is_empty() && is_level(level.trim()),
-            // A lone word is a level if it is one, else a target name; a
-            // target must look like a Rust path to be taken as one.
-            None => is_level(d) || (d.starts_with("parbudget") && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')),
-        }
-    })
+    spec.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .all(|d| {
+            match d.split_once('=') {
+                Some((target, level)) => !target.is_empty() && is_level(level.trim()),
+                // A lone word is a level if it is one, else a target name; a
+                // target must look like a Rust path to be taken as one.
+                None => {
+                    is_level(d)
+                        || (d.starts_with("parbudget")
+                            && d.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                }
+            }
+        })
 }
 
 fn is_level(l: &str) -> bool {
-    ["off", "error", "warn", "info", "debug", "trace"].iter().any(|k| k.eq_ignore_ascii_case(l))
+    ["off", "error", "warn", "info", "debug", "trace"]
+        .iter()
+        .any(|k| k.eq_ignore_ascii_case(l))
 }
 
 /// Signal names accepted by `PARBUDGET_REPORT_SIGNAL` (with or without "SIG").
@@ -100,7 +110,14 @@ mod tests {
 
     #[test]
     fn log_specs() {
-        for ok in ["info", "DEBUG", "warn,parbudget::hooks=trace", "off", "parbudget=debug", "error/regex"] {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,parbudget::hooks=trace",
+            "off",
+            "parbudget=debug",
+            "error/regex",
+        ] {
             assert!(log_spec_ok(ok), "{ok}");
         }
         for bad in ["loud", "info,verbose", "x=shout", "=info", "3"] {

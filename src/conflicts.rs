@@ -16,7 +16,10 @@ pub fn check_new(new: usize) {
         }
         let (a, b) = (a, b);
         if a.imp.kind() == Kind::Openmp && b.imp.kind() == Kind::Openmp && a.imp != b.imp {
-            let severe = matches!((a.imp, b.imp), (Impl::Libomp, Impl::Libiomp) | (Impl::Libiomp, Impl::Libomp));
+            let severe = matches!(
+                (a.imp, b.imp),
+                (Impl::Libomp, Impl::Libiomp) | (Impl::Libiomp, Impl::Libomp)
+            );
             let advice = if severe {
                 "libomp with libiomp5 is known to crash or deadlock; make every package use one OpenMP runtime (e.g. one conda/pip channel)"
             } else {
@@ -32,7 +35,14 @@ pub fn check_new(new: usize) {
             );
             crate::report::add_warning_fmt(
                 "openmp_conflict",
-                format_args!("two OpenMP runtimes: {} {} and {} {}; {}", a.imp.name(), Quoted(a.path()), b.imp.name(), Quoted(b.path()), advice),
+                format_args!(
+                    "two OpenMP runtimes: {} {} and {} {}; {}",
+                    a.imp.name(),
+                    Quoted(a.path()),
+                    b.imp.name(),
+                    Quoted(b.path()),
+                    advice
+                ),
             );
         } else if a.imp == Impl::Openblas && b.imp == Impl::Openblas {
             let advice = "each OpenBLAS copy has its own pool and thread limit; parbudget keeps their sum within the budget only when their calls pass through it";
@@ -44,10 +54,21 @@ pub fn check_new(new: usize) {
             );
             crate::report::add_warning_fmt(
                 "openblas_conflict",
-                format_args!("two OpenBLAS copies: {} and {}; {}", Quoted(a.path()), Quoted(b.path()), advice),
+                format_args!(
+                    "two OpenBLAS copies: {} and {}; {}",
+                    Quoted(a.path()),
+                    Quoted(b.path()),
+                    advice
+                ),
             );
-        } else if (a.imp == Impl::Openblas && b.imp.kind() == Kind::Openmp) || (b.imp == Impl::Openblas && a.imp.kind() == Kind::Openmp) {
-            let (blas, omp) = if a.imp == Impl::Openblas { (a, b) } else { (b, a) };
+        } else if (a.imp == Impl::Openblas && b.imp.kind() == Kind::Openmp)
+            || (b.imp == Impl::Openblas && a.imp.kind() == Kind::Openmp)
+        {
+            let (blas, omp) = if a.imp == Impl::Openblas {
+                (a, b)
+            } else {
+                (b, a)
+            };
             info!(
                 "cpu_waiting_risk openblas_path={} openmp={} openmp_path={} advice=\"alternating BLAS and OpenMP phases let each pool's spinning workers starve the other; set OPENBLAS_THREAD_TIMEOUT or keep the budget small\"",
                 Quoted(blas.path()),
@@ -56,7 +77,12 @@ pub fn check_new(new: usize) {
             );
             crate::report::add_warning_fmt(
                 "cpu_waiting_risk",
-                format_args!("OpenBLAS {} beside OpenMP {} {}", Quoted(blas.path()), omp.imp.name(), Quoted(omp.path())),
+                format_args!(
+                    "OpenBLAS {} beside OpenMP {} {}",
+                    Quoted(blas.path()),
+                    omp.imp.name(),
+                    Quoted(omp.path())
+                ),
             );
         }
     }

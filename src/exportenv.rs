@@ -76,12 +76,16 @@ pub fn export_spin() {
     if config::getenv(c"GOMP_SPINCOUNT").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
         // SAFETY: NUL-terminated strings; setenv copies them.
         unsafe { libc::setenv(c"GOMP_SPINCOUNT".as_ptr(), c"1000".as_ptr(), 1) };
-        info!("env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"idle GNU OpenMP workers must not spin on cores granted to others\"");
+        info!(
+            "env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"idle GNU OpenMP workers must not spin on cores granted to others\""
+        );
     }
     if config::getenv(c"OPENBLAS_THREAD_TIMEOUT").is_none() {
         // SAFETY: as above.
         unsafe { libc::setenv(c"OPENBLAS_THREAD_TIMEOUT".as_ptr(), c"16".as_ptr(), 1) };
-        info!("env_set var=OPENBLAS_THREAD_TIMEOUT value=\"16\" reason=\"idle OpenBLAS workers must not spin on cores granted to OpenMP\"");
+        info!(
+            "env_set var=OPENBLAS_THREAD_TIMEOUT value=\"16\" reason=\"idle OpenBLAS workers must not spin on cores granted to OpenMP\""
+        );
     }
 }
 
@@ -110,7 +114,8 @@ mod tests {
     use super::*;
 
     fn clamp(v: Option<&str>, b: u32) -> Option<String> {
-        clamp_value(v.map(str::as_bytes), b).map(|s| String::from_utf8(s.as_bytes().to_vec()).unwrap())
+        clamp_value(v.map(str::as_bytes), b)
+            .map(|s| String::from_utf8(s.as_bytes().to_vec()).unwrap())
     }
 
     #[test]

@@ -65,12 +65,19 @@ pub fn ensure() -> Option<&'static Settings> {
 
 /// Settings if init already finished; never starts it (for atfork/signal paths).
 pub fn ready() -> Option<&'static Settings> {
-    if STATE.load(Acquire) == READY { SETTINGS.get() } else { None }
+    if STATE.load(Acquire) == READY {
+        SETTINGS.get()
+    } else {
+        None
+    }
 }
 
 fn fallback_settings() -> Settings {
     Settings {
-        budget: Budget { cores: 1, source: Source::Affinity },
+        budget: Budget {
+            cores: 1,
+            source: Source::Affinity,
+        },
         fork: ForkPolicy::Serial,
         report: None,
         report_signal: None,
@@ -103,7 +110,10 @@ fn read_settings() -> Settings {
     let budget = match config::getenv(c"PARBUDGET_CORES") {
         None => detected,
         Some(v) => match budget::parse_cores(v.as_bytes()) {
-            Ok(n) => Budget { cores: n, source: Source::Env },
+            Ok(n) => Budget {
+                cores: n,
+                source: Source::Env,
+            },
             Err(e) => {
                 warn!(
                     "bad_env var=PARBUDGET_CORES value={} using={} source={} reason=\"{}\"",
@@ -116,7 +126,11 @@ fn read_settings() -> Settings {
             }
         },
     };
-    info!("budget cores={} source={}", budget.cores, budget.source.name());
+    info!(
+        "budget cores={} source={}",
+        budget.cores,
+        budget.source.name()
+    );
 
     let fork = match config::getenv(c"PARBUDGET_FORK") {
         None => ForkPolicy::Serial,
@@ -157,16 +171,29 @@ fn read_settings() -> Settings {
     };
     let (cores, adopted) = ledger::setup(scope, budget.cores, budget.source as u32);
     let budget = match adopted {
-        Some(src) => Budget { cores, source: Source::from_code(src) },
+        Some(src) => Budget {
+            cores,
+            source: Source::from_code(src),
+        },
         None => budget,
     };
     if adopted.is_some() {
-        info!("budget cores={} source={} via=tree", budget.cores, budget.source.name());
+        info!(
+            "budget cores={} source={} via=tree",
+            budget.cores,
+            budget.source.name()
+        );
     }
 
     crate::exportenv::export(budget.cores);
     crate::exportenv::export_spin();
-    Settings { budget, fork, report, report_signal, scope }
+    Settings {
+        budget,
+        fork,
+        report,
+        report_signal,
+        scope,
+    }
 }
 
 /// Work that may log or touch the registry, done once settings are published.
@@ -185,7 +212,9 @@ pub fn constructor() {
     let Some(s) = ensure() else { return };
     crate::hooks::fenced((), || {
         for (_, c) in crate::runtime::copies() {
-            if matches!(c.imp, crate::runtime::Impl::Libgomp) || c.imp.kind() == crate::runtime::Kind::Blas {
+            if matches!(c.imp, crate::runtime::Impl::Libgomp)
+                || c.imp.kind() == crate::runtime::Kind::Blas
+            {
                 crate::runtime::apply_budget(c, s.budget.cores, "constructor");
             }
         }

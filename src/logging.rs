@@ -16,7 +16,9 @@ struct RawLogger {
     filter: OnceLock<env_filter::Filter>,
 }
 
-static LOGGER: RawLogger = RawLogger { filter: OnceLock::new() };
+static LOGGER: RawLogger = RawLogger {
+    filter: OnceLock::new(),
+};
 
 impl Log for RawLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
@@ -31,7 +33,13 @@ impl Log for RawLogger {
         // SAFETY: getpid has no preconditions; it is asked each time so a
         // forked child logs its own pid.
         let pid = unsafe { libc::getpid() };
-        let _ = write!(line, "parbudget[{}] {} {}", pid, record.level(), record.args());
+        let _ = write!(
+            line,
+            "parbudget[{}] {} {}",
+            pid,
+            record.level(),
+            record.args()
+        );
         if line.truncated {
             // Keep the line a line: cut, mark, end it.
             line.clear();
@@ -70,7 +78,9 @@ pub fn install(spec: &str) {
     let mut b = env_filter::Builder::new();
     let filter = match b.try_parse(spec) {
         Ok(b) => b.build(),
-        Err(_) => env_filter::Builder::new().filter_level(LevelFilter::Warn).build(),
+        Err(_) => env_filter::Builder::new()
+            .filter_level(LevelFilter::Warn)
+            .build(),
     };
     let max = filter.filter();
     let _ = LOGGER.filter.set(filter);

@@ -38,7 +38,13 @@ struct Warnings {
 unsafe impl Sync for Warnings {}
 
 static WARNINGS: Warnings = Warnings {
-    slots: [const { UnsafeCell::new(Warning { kind: "", msg: [0; MSG_LEN], len: 0 }) }; MAX_WARNINGS],
+    slots: [const {
+        UnsafeCell::new(Warning {
+            kind: "",
+            msg: [0; MSG_LEN],
+            len: 0,
+        })
+    }; MAX_WARNINGS],
     count: AtomicUsize::new(0),
     writer: AtomicBool::new(false),
 };
@@ -145,7 +151,11 @@ impl fmt::Display for Js<'_> {
 
 fn mean_team(s: &runtime::Stats) -> f64 {
     let r = s.regions.load(Relaxed);
-    if r == 0 { 0.0 } else { s.team_sum.load(Relaxed) as f64 / r as f64 }
+    if r == 0 {
+        0.0
+    } else {
+        s.team_sum.load(Relaxed) as f64 / r as f64
+    }
 }
 
 fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
@@ -187,7 +197,13 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
         OTHER.threads_peak.load(Relaxed)
     )?;
     for (i, (kind, msg)) in warnings().enumerate() {
-        write!(o, "{}{{\"kind\":\"{}\",\"message\":{}}}", if i > 0 { "," } else { "" }, kind, Js(msg))?;
+        write!(
+            o,
+            "{}{{\"kind\":\"{}\",\"message\":{}}}",
+            if i > 0 { "," } else { "" },
+            kind,
+            Js(msg)
+        )?;
     }
     o.write_str("]}\n")
 }
@@ -195,8 +211,27 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
 fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    writeln!(o, "parbudget[{}] report: budget {} cores (from {}), fork policy {}", pid, s.budget.cores, s.budget.source.name(), s.fork.name())?;
-    writeln!(o, "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9}  path", "runtime", "kind", "created", "live", "peak", "requested", "clamped", "regions", "mean_team")?;
+    writeln!(
+        o,
+        "parbudget[{}] report: budget {} cores (from {}), fork policy {}",
+        pid,
+        s.budget.cores,
+        s.budget.source.name(),
+        s.fork.name()
+    )?;
+    writeln!(
+        o,
+        "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9}  path",
+        "runtime",
+        "kind",
+        "created",
+        "live",
+        "peak",
+        "requested",
+        "clamped",
+        "regions",
+        "mean_team"
+    )?;
     for (_, c) in runtime::copies() {
         let st = &c.stats;
         write!(
@@ -235,7 +270,10 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
 /// Writes the report now to its destination. Async-signal-safe.
 fn write_to_destination(s: &Settings, dest: &[u8]) {
     if dest == b"stderr" {
-        let mut o = Out { fd: 2, buf: StackBuf::new() };
+        let mut o = Out {
+            fd: 2,
+            buf: StackBuf::new(),
+        };
         let _ = write_table(&mut o, s);
         o.flush();
         return;
@@ -267,7 +305,13 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
     let Some(t) = tmp.as_cstr() else { return };
     // SAFETY: NUL-terminated path; 0600: the report names our libraries and is
     // the user's own business.
-    let fd = unsafe { libc::open(t.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC, 0o600) };
+    let fd = unsafe {
+        libc::open(
+            t.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
     if fd < 0 {
         let mut line = StackBuf::<1300>::new();
         let _ = write!(line, "parbudget[{}] WARN report_failed path=", pid);
@@ -276,7 +320,10 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
         raw_write(2, line.as_bytes());
         return;
     }
-    let mut o = Out { fd, buf: StackBuf::new() };
+    let mut o = Out {
+        fd,
+        buf: StackBuf::new(),
+    };
     let _ = write_json(&mut o, s);
     o.flush();
     // SAFETY: closing and renaming our own file.
@@ -292,8 +339,12 @@ static WRITTEN: AtomicI32 = AtomicI32::new(0);
 /// The exit report: once per process, never in a vfork child (it shares our
 /// memory and must only exec or _exit).
 pub fn write_now() {
-    let Some(s) = crate::init::ready() else { return };
-    let Some(dest) = s.report.as_deref() else { return };
+    let Some(s) = crate::init::ready() else {
+        return;
+    };
+    let Some(dest) = s.report.as_deref() else {
+        return;
+    };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     if pid != KNOWN_PID.load(Relaxed) || WRITTEN.swap(pid, AcqRel) == pid {
@@ -338,7 +389,10 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
         // convention its SA_SIGINFO flag says.
         unsafe {
             if siginfo {
-                core::mem::transmute::<usize, extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)>(h)(sig, info, ctx);
+                core::mem::transmute::<
+                    usize,
+                    extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+                >(h)(sig, info, ctx);
             } else {
                 core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h)(sig);
             }

@@ -46,7 +46,14 @@ fn die(msg: &str) -> ExitCode {
 }
 
 fn parse(args: &[OsString], doctor: bool) -> Result<Opts, String> {
-    let mut o = Opts { cores: None, log: None, report: None, fork: None, json: false, cmd: vec![] };
+    let mut o = Opts {
+        cores: None,
+        log: None,
+        report: None,
+        fork: None,
+        json: false,
+        cmd: vec![],
+    };
     let mut i = 0;
     while i < args.len() {
         let a = args[i].to_string_lossy().to_string();
@@ -63,14 +70,22 @@ fn parse(args: &[OsString], doctor: bool) -> Result<Opts, String> {
                 return Ok(v);
             }
             i += 1;
-            args.get(i).map(|v| v.to_string_lossy().to_string()).ok_or(format!("{name} needs a value"))
+            args.get(i)
+                .map(|v| v.to_string_lossy().to_string())
+                .ok_or(format!("{name} needs a value"))
         };
         match key.as_str() {
             "--cores" => {
                 let v = value("--cores")?;
                 match v.parse::<u32>() {
-                    Ok(n) if (1..=4096).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => o.cores = Some(v),
-                    _ => return Err(format!("bad --cores value '{v}': expected a whole number from 1 to 4096")),
+                    Ok(n) if (1..=4096).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => {
+                        o.cores = Some(v)
+                    }
+                    _ => {
+                        return Err(format!(
+                            "bad --cores value '{v}': expected a whole number from 1 to 4096"
+                        ));
+                    }
                 }
             }
             "--log" => o.log = Some(value("--log")?),
@@ -78,7 +93,9 @@ fn parse(args: &[OsString], doctor: bool) -> Result<Opts, String> {
             "--fork" => {
                 let v = value("--fork")?;
                 if !["serial", "abort", "warn"].contains(&v.as_str()) {
-                    return Err(format!("bad --fork value '{v}': expected serial, abort or warn"));
+                    return Err(format!(
+                        "bad --fork value '{v}': expected serial, abort or warn"
+                    ));
                 }
                 o.fork = Some(v);
             }
@@ -110,20 +127,33 @@ fn find_shim() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own path: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    for cand in [dir.join("libparbudget.so"), dir.join("../lib/libparbudget.so")] {
+    for cand in [
+        dir.join("libparbudget.so"),
+        dir.join("../lib/libparbudget.so"),
+    ] {
         if cand.is_file() {
             return Ok(std::fs::canonicalize(&cand).unwrap_or(cand));
         }
     }
-    Err(format!("libparbudget.so not found beside {} or in ../lib; set PARBUDGET_LIB", exe.display()))
+    Err(format!(
+        "libparbudget.so not found beside {} or in ../lib; set PARBUDGET_LIB",
+        exe.display()
+    ))
 }
 
 /// Our shim first, then the user's entries (minus any other copy of ours).
 fn compose_preload(shim: &Path, existing: Option<OsString>) -> OsString {
     let mut out = OsString::from(shim);
     if let Some(e) = existing {
-        for entry in e.to_string_lossy().split([':', ' ']).filter(|s| !s.is_empty()) {
-            if Path::new(entry).file_name().is_some_and(|n| n == "libparbudget.so") {
+        for entry in e
+            .to_string_lossy()
+            .split([':', ' '])
+            .filter(|s| !s.is_empty())
+        {
+            if Path::new(entry)
+                .file_name()
+                .is_some_and(|n| n == "libparbudget.so")
+            {
                 continue;
             }
             out.push(":");
@@ -136,8 +166,16 @@ fn compose_preload(shim: &Path, existing: Option<OsString>) -> OsString {
 fn command(o: &Opts, shim: &Path) -> Command {
     let mut c = Command::new(&o.cmd[0]);
     c.args(&o.cmd[1..]);
-    c.env("LD_PRELOAD", compose_preload(shim, std::env::var_os("LD_PRELOAD")));
-    for (k, v) in [("PARBUDGET_CORES", &o.cores), ("PARBUDGET_LOG", &o.log), ("PARBUDGET_REPORT", &o.report), ("PARBUDGET_FORK", &o.fork)] {
+    c.env(
+        "LD_PRELOAD",
+        compose_preload(shim, std::env::var_os("LD_PRELOAD")),
+    );
+    for (k, v) in [
+        ("PARBUDGET_CORES", &o.cores),
+        ("PARBUDGET_LOG", &o.log),
+        ("PARBUDGET_REPORT", &o.report),
+        ("PARBUDGET_FORK", &o.fork),
+    ] {
         if let Some(v) = v {
             c.env(k, v);
         }
@@ -155,8 +193,15 @@ fn run(args: &[OsString]) -> ExitCode {
         Err(e) => return die(&e),
     };
     let err = command(&o, &shim).exec();
-    eprintln!("parbudget: cannot run {}: {err}", o.cmd[0].to_string_lossy());
-    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+    eprintln!(
+        "parbudget: cannot run {}: {err}",
+        o.cmd[0].to_string_lossy()
+    );
+    ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }
 
 fn doctor(args: &[OsString]) -> ExitCode {
@@ -175,7 +220,12 @@ fn doctor(args: &[OsString]) -> ExitCode {
     o.report = Some(format!("{}/r-%p.json", dir.display()));
     let mut c = command(&o, &shim);
     // The program's stdout goes to our stderr: our stdout is the summary.
-    c.stdout(Stdio::from(std::io::stderr().as_fd().try_clone_to_owned().expect("dup stderr")));
+    c.stdout(Stdio::from(
+        std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .expect("dup stderr"),
+    ));
     let status = match c.status() {
         Ok(s) => s,
         Err(e) => {
@@ -193,12 +243,19 @@ fn doctor(args: &[OsString]) -> ExitCode {
         .unwrap_or_default();
     let _ = std::fs::remove_dir_all(&dir);
     reports.sort_by_key(|r| r["pid"].as_i64());
-    let code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     // The main report: the process whose parent is us (exec keeps the pid).
     let me = std::process::id() as i64;
-    let main_idx = reports.iter().position(|r| r["ppid"].as_i64() == Some(me)).or(if reports.is_empty() { None } else { Some(0) });
+    let main_idx = reports
+        .iter()
+        .position(|r| r["ppid"].as_i64() == Some(me))
+        .or(if reports.is_empty() { None } else { Some(0) });
     let Some(main_idx) = main_idx else {
-        eprintln!("parbudget: no report was written (the program may have been killed by a signal or replaced the environment)");
+        eprintln!(
+            "parbudget: no report was written (the program may have been killed by a signal or replaced the environment)"
+        );
         return ExitCode::from(code.clamp(0, 255) as u8);
     };
     let mut main = reports.remove(main_idx);
@@ -220,7 +277,9 @@ use std::os::fd::AsFd;
 fn version_of(path: &str) -> Option<String> {
     let p = Path::new(path);
     for anc in p.ancestors() {
-        let Some(name) = anc.file_name().map(|n| n.to_string_lossy().to_string()) else { continue };
+        let Some(name) = anc.file_name().map(|n| n.to_string_lossy().to_string()) else {
+            continue;
+        };
         if let Some(pkg) = name.strip_suffix(".libs") {
             let site = anc.parent()?;
             let norm = pkg.replace('-', "_");
@@ -239,7 +298,13 @@ fn version_of(path: &str) -> Option<String> {
     let real = std::fs::canonicalize(p).ok()?;
     let file = real.file_name()?.to_string_lossy().to_string();
     let (_, ver) = file.split_once(".so.")?;
-    let llvm = real.to_string_lossy().split("/llvm-").nth(1).and_then(|s| s.split('/').next()).map(|v| format!(" (LLVM {v})")).unwrap_or_default();
+    let llvm = real
+        .to_string_lossy()
+        .split("/llvm-")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .map(|v| format!(" (LLVM {v})"))
+        .unwrap_or_default();
     Some(format!("{ver}{llvm}"))
 }
 
@@ -248,7 +313,11 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     s += &format!(
         "parbudget doctor: pid {} exited with {}\nbudget: {} cores (from {}), fork policy {}\n\nruntimes loaded:\n",
-        r["pid"], code, r["budget"], r["budget_source"].as_str().unwrap_or("?"), r["fork_policy"].as_str().unwrap_or("?")
+        r["pid"],
+        code,
+        r["budget"],
+        r["budget_source"].as_str().unwrap_or("?"),
+        r["fork_policy"].as_str().unwrap_or("?")
     );
     let rts = r["runtimes"].as_array().cloned().unwrap_or_default();
     if rts.is_empty() {
@@ -257,7 +326,9 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
     let mut advice: Vec<String> = vec![];
     for rt in &rts {
         let path = rt["path"].as_str().unwrap_or("?");
-        let ver = version_of(path).map(|v| format!(" [{v}]")).unwrap_or_default();
+        let ver = version_of(path)
+            .map(|v| format!(" [{v}]"))
+            .unwrap_or_default();
         s += &format!(
             "  {:<9} {:<6} {}{}\n            threads made {} (live {}, peak {}), largest request {}, clamped {} times",
             rt["impl"].as_str().unwrap_or("?"),
@@ -271,7 +342,12 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
             n(&rt["clamped"]),
         );
         if n(&rt["regions"]) > 0 {
-            s += &format!(", {} regions with mean team {:.2} ({} cut to fit)", n(&rt["regions"]), rt["mean_team"].as_f64().unwrap_or(0.0), n(&rt["requests_cut"]));
+            s += &format!(
+                ", {} regions with mean team {:.2} ({} cut to fit)",
+                n(&rt["regions"]),
+                rt["mean_team"].as_f64().unwrap_or(0.0),
+                n(&rt["requests_cut"])
+            );
         }
         s += "\n";
         if n(&rt["requested_max"]) > n(&r["budget"]) {
@@ -299,9 +375,15 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
         let kind = w["kind"].as_str().unwrap_or("?");
         s += &format!("  {}: {}\n", kind, w["message"].as_str().unwrap_or(""));
         let a = match kind {
-            "fork_after_gomp" => "use the multiprocessing start method 'spawn' or 'forkserver' (or fork before the first GNU OpenMP region); under parbudget the child's regions on the forking thread run with one thread.",
-            "openmp_conflict" => "two OpenMP runtimes in one process: install packages built against the same runtime (e.g. all from conda-forge, or all wheels).",
-            "openblas_conflict" => "several OpenBLAS copies: each has its own pool; parbudget's budget covers the calls it sees.",
+            "fork_after_gomp" => {
+                "use the multiprocessing start method 'spawn' or 'forkserver' (or fork before the first GNU OpenMP region); under parbudget the child's regions on the forking thread run with one thread."
+            }
+            "openmp_conflict" => {
+                "two OpenMP runtimes in one process: install packages built against the same runtime (e.g. all from conda-forge, or all wheels)."
+            }
+            "openblas_conflict" => {
+                "several OpenBLAS copies: each has its own pool; parbudget's budget covers the calls it sees."
+            }
             _ => "",
         };
         if !a.is_empty() && !advice.iter().any(|x| x == a) {
@@ -320,7 +402,11 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match args.first().map(|a| a.to_string_lossy().to_string()).as_deref() {
+    match args
+        .first()
+        .map(|a| a.to_string_lossy().to_string())
+        .as_deref()
+    {
         Some("run") => run(&args[1..]),
         Some("doctor") => doctor(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {

@@ -49,14 +49,26 @@ impl Drop for Leave {
 fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
     let settings = crate::init::ensure();
     let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
-        error!("unresolved symbol={} caller={:#x} object={}: no BLAS in scope", Quoted(name.to_bytes()), ret, Quoted(runtime::object_name(ret).as_bytes()));
+        error!(
+            "unresolved symbol={} caller={:#x} object={}: no BLAS in scope",
+            Quoted(name.to_bytes()),
+            ret,
+            Quoted(runtime::object_name(ret).as_bytes())
+        );
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };
-    let pass = Grant { real: t.real, extras: 0, counted: false, caller: false };
+    let pass = Grant {
+        real: t.real,
+        extras: 0,
+        counted: false,
+        caller: false,
+    };
     let Some(s) = settings else { return pass };
     fenced(pass, || {
-        let Some(c) = t.copy.and_then(runtime::copy) else { return pass };
+        let Some(c) = t.copy.and_then(runtime::copy) else {
+            return pass;
+        };
         if c.imp != Impl::Openblas || c.blas_parallel() != 2 {
             return pass;
         }
@@ -102,11 +114,20 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         if team < ceiling {
             c.stats.cut.fetch_add(1, Relaxed);
         }
-        debug!("blas_grant symbol={} ceiling={} team={}", Quoted(name.to_bytes()), ceiling, team);
-        Grant { real: t.real, extras, counted: true, caller }
+        debug!(
+            "blas_grant symbol={} ceiling={} team={}",
+            Quoted(name.to_bytes()),
+            ceiling,
+            team
+        );
+        Grant {
+            real: t.real,
+            extras,
+            counted: true,
+            caller,
+        }
     })
 }
-
 
 /// SAFETY (for every `call!` below): `real` was resolved by this very name in
 /// the caller's own scope; the declared types pass every argument through in

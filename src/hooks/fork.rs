@@ -30,7 +30,7 @@ use crate::config::ForkPolicy;
 use crate::runtime::{self, Copy};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::*};
 use log::{Level, error, log};
 
 thread_local! {
@@ -125,8 +125,12 @@ pub fn install_atfork() {
 fn warn_fork(child_pid: libc::pid_t, hazard: u64) {
     let policy = crate::init::ready().map_or(ForkPolicy::Serial, |s| s.fork);
     let effect = match policy {
-        ForkPolicy::Serial => "the child runs OpenMP regions on this thread with 1 thread instead of hanging",
-        ForkPolicy::Abort => "the child exits with status 70 at its first OpenMP region on this thread",
+        ForkPolicy::Serial => {
+            "the child runs OpenMP regions on this thread with 1 thread instead of hanging"
+        }
+        ForkPolicy::Abort => {
+            "the child exits with status 70 at its first OpenMP region on this thread"
+        }
         ForkPolicy::Warn => "the child will hang at its first OpenMP region on this thread",
     };
     for (i, c) in runtime::copies() {

@@ -204,7 +204,13 @@ pub struct Guard(());
 
 impl Guard {
     pub fn take() -> Option<Guard> {
-        IN_HOOK.with(|g| if g.replace(true) { None } else { Some(Guard(())) })
+        IN_HOOK.with(|g| {
+            if g.replace(true) {
+                None
+            } else {
+                Some(Guard(()))
+            }
+        })
     }
 }
 
@@ -219,6 +225,8 @@ impl Drop for Guard {
 /// panicking or reentrant bookkeeping step yields `fallback` and the call is
 /// forwarded unchanged.
 pub fn fenced<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    let Some(_guard) = Guard::take() else { return fallback };
+    let Some(_guard) = Guard::take() else {
+        return fallback;
+    };
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
 }

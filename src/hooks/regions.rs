@@ -65,11 +65,21 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
     let target = fenced(None, || runtime::resolve(ret, hook, name));
     let Some(target) = target else {
         // Without the real entry point the region cannot run at all.
-        error!("unresolved symbol={} caller={:#x}: no OpenMP runtime in scope", Quoted(name.to_bytes()), ret);
+        error!(
+            "unresolved symbol={} caller={:#x}: no OpenMP runtime in scope",
+            Quoted(name.to_bytes()),
+            ret
+        );
         // SAFETY: abort has no preconditions; there is nothing to forward to.
         unsafe { libc::abort() };
     };
-    let passthrough = Entry { real: target.real, team: requested, extras: 0, counted: false, caller: false };
+    let passthrough = Entry {
+        real: target.real,
+        team: requested,
+        extras: 0,
+        counted: false,
+        caller: false,
+    };
     fenced(passthrough, || {
         let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
         if let Some((i, c)) = copy {
@@ -77,13 +87,29 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
                 fork::child_region(c, name);
                 c.stats.regions.fetch_add(1, Relaxed);
                 c.stats.team_sum.fetch_add(1, Relaxed);
-                return Entry { real: target.real, team: 1, extras: 0, counted: false, caller: false };
+                return Entry {
+                    real: target.real,
+                    team: 1,
+                    extras: 0,
+                    counted: false,
+                    caller: false,
+                };
             }
         }
-        let Some(s) = settings else { return Entry { real: target.real, team: requested, extras: 0, counted: false, caller: false } };
+        let Some(s) = settings else {
+            return Entry {
+                real: target.real,
+                team: requested,
+                extras: 0,
+                counted: false,
+                caller: false,
+            };
+        };
         let budget = s.budget.cores;
         let asked = match requested {
-            0 => copy.and_then(|(_, c)| c.get_threads()).map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
+            0 => copy
+                .and_then(|(_, c)| c.get_threads())
+                .map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
             n => n,
         };
         let want = asked.clamp(1, budget);
@@ -110,7 +136,13 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             team,
             ledger::free()
         );
-        Entry { real: target.real, team, extras, counted: true, caller }
+        Entry {
+            real: target.real,
+            team,
+            extras,
+            counted: true,
+            caller,
+        }
     })
 }
 
@@ -142,9 +174,19 @@ fn push_start(e: Entry) {
 
 fn pop_start() -> Entry {
     let d = START_DEPTH.with(|d| d.get());
-    let (extras, flags) = if d == 0 || d > 16 { (0, 0) } else { START_STACK.with(|s| s.get()[d - 1]) };
+    let (extras, flags) = if d == 0 || d > 16 {
+        (0, 0)
+    } else {
+        START_STACK.with(|s| s.get()[d - 1])
+    };
     START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
-    Entry { real: 0, team: 0, extras, counted: flags & 1 != 0, caller: flags & 2 != 0 }
+    Entry {
+        real: 0,
+        team: 0,
+        extras,
+        counted: flags & 1 != 0,
+        caller: flags & 2 != 0,
+    }
 }
 
 /// SAFETY (for every `call!` below): `real` was resolved by this very name in
@@ -210,7 +252,7 @@ unsafe extern "C-unwind" fn gomp_parallel_end() {
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };
-    call!(t.real, fn() -> (), );
+    call!(t.real, fn() -> (),);
     leave(&pop_start());
 }
 trampoline!(GOMP_parallel_end => gomp_parallel_end);
@@ -219,9 +261,23 @@ trampoline!(GOMP_parallel_end => gomp_parallel_end);
 /// (no threads of their own); libomp forks them. Only the thread limit of the
 /// regions inside is bounded: by the budget, or to 1 in a child that must run
 /// serially. The number of teams is the program's business.
-unsafe extern "C-unwind" fn gomp_teams_reg(f: Body, data: *mut c_void, num_teams: c_uint, thread_limit: c_uint, flags: c_uint) {
+unsafe extern "C-unwind" fn gomp_teams_reg(
+    f: Body,
+    data: *mut c_void,
+    num_teams: c_uint,
+    thread_limit: c_uint,
+    flags: c_uint,
+) {
     let (real, l) = limit(take_caller(), 58, c"GOMP_teams_reg", thread_limit);
-    call!(real, fn(Body, *mut c_void, c_uint, c_uint, c_uint) -> (), f, data, num_teams, l, flags);
+    call!(
+        real,
+        fn(Body, *mut c_void, c_uint, c_uint, c_uint) -> (),
+        f,
+        data,
+        num_teams,
+        l,
+        flags
+    );
 }
 trampoline!(GOMP_teams_reg => gomp_teams_reg);
 
@@ -229,13 +285,23 @@ trampoline!(GOMP_teams_reg => gomp_teams_reg);
 fn limit(ret: usize, hook: u8, name: &'static CStr, thread_limit: c_uint) -> (usize, c_uint) {
     let settings = crate::init::ensure();
     let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
-        error!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
+        error!(
+            "unresolved symbol={} caller={:#x}",
+            Quoted(name.to_bytes()),
+            ret
+        );
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };
     let serial = t.copy.is_some_and(fork::serial_here);
     let budget = settings.map_or(u32::MAX, |s| s.budget.cores);
-    let l = if serial { 1 } else if thread_limit > budget { budget } else { thread_limit };
+    let l = if serial {
+        1
+    } else if thread_limit > budget {
+        budget
+    } else {
+        thread_limit
+    };
     (t.real, l)
 }
 
@@ -245,9 +311,21 @@ unsafe extern "C-unwind" fn gomp_teams(num_teams: c_uint, thread_limit: c_uint) 
 }
 trampoline!(GOMP_teams => gomp_teams);
 
-unsafe extern "C-unwind" fn gomp_teams4(low: c_uint, high: c_uint, thread_limit: c_uint, first: bool) -> bool {
+unsafe extern "C-unwind" fn gomp_teams4(
+    low: c_uint,
+    high: c_uint,
+    thread_limit: c_uint,
+    first: bool,
+) -> bool {
     let (real, l) = limit(take_caller(), 60, c"GOMP_teams4", thread_limit);
-    call!(real, fn(c_uint, c_uint, c_uint, bool) -> bool, low, high, l, first)
+    call!(
+        real,
+        fn(c_uint, c_uint, c_uint, bool) -> bool,
+        low,
+        high,
+        l,
+        first
+    )
 }
 trampoline!(GOMP_teams4 => gomp_teams4);
 
@@ -257,8 +335,13 @@ trampoline!(GOMP_teams4 => gomp_teams4);
 unsafe extern "C-unwind" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) {
     let ret = take_caller();
     let settings = crate::init::ensure();
-    let Some(t) = fenced(None, || runtime::resolve(ret, 61, c"__kmpc_push_num_threads")) else {
-        error!("unresolved symbol=\"__kmpc_push_num_threads\" caller={:#x}", ret);
+    let Some(t) = fenced(None, || {
+        runtime::resolve(ret, 61, c"__kmpc_push_num_threads")
+    }) else {
+        error!(
+            "unresolved symbol=\"__kmpc_push_num_threads\" caller={:#x}",
+            ret
+        );
         // SAFETY: nothing to forward to.
         unsafe { libc::abort() };
     };
@@ -268,7 +351,12 @@ unsafe extern "C-unwind" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n
             c.stats.note_request(n.max(0) as u32);
             if n > budget {
                 c.stats.clamped.fetch_add(1, Relaxed);
-                debug!("clamp symbol=\"__kmpc_push_num_threads\" requested={} granted={} impl={}", n, budget, c.imp.name());
+                debug!(
+                    "clamp symbol=\"__kmpc_push_num_threads\" requested={} granted={} impl={}",
+                    n,
+                    budget,
+                    c.imp.name()
+                );
             }
         }
         n.min(budget)
@@ -324,13 +412,20 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
     if d >= KMPC_DEPTH {
         // Recursive code nests inactive regions without bound: stop tracking
         // (no grant is taken, so nothing needs giving back).
-        return KmpcGo { real: t.real, land: 0 };
+        return KmpcGo {
+            real: t.real,
+            land: 0,
+        };
     }
     let code = fenced(0, || {
         let Some(s) = settings else { return 0 };
-        let Some(c) = t.copy.and_then(runtime::copy) else { return 0 };
+        let Some(c) = t.copy.and_then(runtime::copy) else {
+            return 0;
+        };
         let asked = match pushed {
-            0 => c.get_threads().map_or(s.budget.cores, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
+            0 => c
+                .get_threads()
+                .map_or(s.budget.cores, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
             n => n,
         };
         let want = asked.clamp(1, s.budget.cores);
@@ -347,8 +442,13 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
         unsafe {
-            let gtid = core::mem::transmute::<usize, extern "C" fn(*mut c_void) -> i32>(gtid_fn.real)(loc);
-            core::mem::transmute::<usize, extern "C" fn(*mut c_void, i32, i32)>(push_fn.real)(loc, gtid, team as i32);
+            let gtid =
+                core::mem::transmute::<usize, extern "C" fn(*mut c_void) -> i32>(gtid_fn.real)(loc);
+            core::mem::transmute::<usize, extern "C" fn(*mut c_void, i32, i32)>(push_fn.real)(
+                loc,
+                gtid,
+                team as i32,
+            );
         }
         c.stats.note_request(asked);
         c.stats.regions.fetch_add(1, Relaxed);
@@ -356,7 +456,13 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         if team < asked {
             c.stats.cut.fetch_add(1, Relaxed);
         }
-        debug!("grant symbol=\"__kmpc_fork_call\" impl={} asked={} team={} free={}", c.imp.name(), asked, team, ledger::free());
+        debug!(
+            "grant symbol=\"__kmpc_fork_call\" impl={} asked={} team={} free={}",
+            c.imp.name(),
+            asked,
+            team,
+            ledger::free()
+        );
         (extras + 1) | if caller { 1 << 31 } else { 0 }
     });
     KMPC_STACK.with(|s| {
@@ -365,7 +471,10 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         s.set(a);
     });
     KMPC_DEPTH_NOW.with(|x| x.set(d + 1));
-    KmpcGo { real: t.real, land: 1 }
+    KmpcGo {
+        real: t.real,
+        land: 1,
+    }
 }
 
 /// After the real `__kmpc_fork_call` returned: gives the grant back and
@@ -377,7 +486,13 @@ extern "C" fn kmpc_post() -> usize {
     if code > 0 {
         let caller = code & (1 << 31) != 0;
         let extras = (code & !(1 << 31)) - 1;
-        leave(&Entry { real: 0, team: 0, extras, counted: true, caller });
+        leave(&Entry {
+            real: 0,
+            team: 0,
+            extras,
+            counted: true,
+            caller,
+        });
     }
     ret
 }

@@ -14,10 +14,16 @@ fn clamp(ret: usize, hook: u8, name: &CStr, n: i64) -> (Option<Target>, i64) {
     fenced((None, n), || {
         let target = runtime::resolve(ret, hook, name);
         let Some(target) = target else {
-            debug!("setter_unbound symbol={} requested={}", Quoted(name.to_bytes()), n);
+            debug!(
+                "setter_unbound symbol={} requested={}",
+                Quoted(name.to_bytes()),
+                n
+            );
             return (None, n);
         };
-        let Some(s) = settings else { return (Some(target), n) };
+        let Some(s) = settings else {
+            return (Some(target), n);
+        };
         let budget = i64::from(s.budget.cores);
         let copy = target.copy.and_then(runtime::copy);
         if let Some(c) = copy {
@@ -27,7 +33,9 @@ fn clamp(ret: usize, hook: u8, name: &CStr, n: i64) -> (Option<Target>, i64) {
             return (Some(target), n);
         }
         if let Some(c) = copy {
-            c.stats.clamped.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            c.stats
+                .clamped
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         }
         info!(
             "clamp symbol={} requested={} granted={} impl={} path={}",
@@ -69,20 +77,96 @@ fn c_name(s: &'static str) -> &'static CStr {
 
 // Hook ids 1..=39 are the setters; each id names one exported symbol.
 setter!(1, omp_set_num_threads, omp_set_num_threads_hook, c_int);
-setter!(2, openblas_set_num_threads, openblas_set_num_threads_hook, c_int);
-setter!(3, openblas_set_num_threads64_, openblas_set_num_threads64_hook, c_int);
-setter!(4, openblas_set_num_threads_64, openblas_set_num_threads_64_hook, c_int);
-setter!(5, scipy_openblas_set_num_threads, scipy_openblas_set_num_threads_hook, c_int);
-setter!(6, scipy_openblas_set_num_threads64_, scipy_openblas_set_num_threads64_hook, c_int);
-setter!(7, scipy_openblas_set_num_threads_64, scipy_openblas_set_num_threads_64_hook, c_int);
+setter!(
+    2,
+    openblas_set_num_threads,
+    openblas_set_num_threads_hook,
+    c_int
+);
+setter!(
+    3,
+    openblas_set_num_threads64_,
+    openblas_set_num_threads64_hook,
+    c_int
+);
+setter!(
+    4,
+    openblas_set_num_threads_64,
+    openblas_set_num_threads_64_hook,
+    c_int
+);
+setter!(
+    5,
+    scipy_openblas_set_num_threads,
+    scipy_openblas_set_num_threads_hook,
+    c_int
+);
+setter!(
+    6,
+    scipy_openblas_set_num_threads64_,
+    scipy_openblas_set_num_threads64_hook,
+    c_int
+);
+setter!(
+    7,
+    scipy_openblas_set_num_threads_64,
+    scipy_openblas_set_num_threads_64_hook,
+    c_int
+);
 setter!(8, goto_set_num_threads, goto_set_num_threads_hook, c_int);
-setter!(9, goto_set_num_threads64_, goto_set_num_threads64_hook, c_int);
-setter!(10, scipy_goto_set_num_threads64_, scipy_goto_set_num_threads64_hook, c_int);
-setter!(11, scipy_goto_set_num_threads, scipy_goto_set_num_threads_hook, c_int);
-setter!(12, openblas_set_num_threads_local, openblas_set_num_threads_local_hook, c_int, c_int, 0);
+setter!(
+    9,
+    goto_set_num_threads64_,
+    goto_set_num_threads64_hook,
+    c_int
+);
+setter!(
+    10,
+    scipy_goto_set_num_threads64_,
+    scipy_goto_set_num_threads64_hook,
+    c_int
+);
+setter!(
+    11,
+    scipy_goto_set_num_threads,
+    scipy_goto_set_num_threads_hook,
+    c_int
+);
+setter!(
+    12,
+    openblas_set_num_threads_local,
+    openblas_set_num_threads_local_hook,
+    c_int,
+    c_int,
+    0
+);
 setter!(13, MKL_Set_Num_Threads, mkl_upper_set_hook, c_int);
 setter!(14, mkl_set_num_threads, mkl_set_num_threads_hook, c_int);
-setter!(15, MKL_Set_Num_Threads_Local, mkl_upper_set_local_hook, c_int, c_int, 0);
-setter!(16, mkl_set_num_threads_local, mkl_set_num_threads_local_hook, c_int, c_int, 0);
-setter!(17, bli_thread_set_num_threads, bli_thread_set_num_threads_hook, i64);
-setter!(18, flexiblas_set_num_threads, flexiblas_set_num_threads_hook, c_int);
+setter!(
+    15,
+    MKL_Set_Num_Threads_Local,
+    mkl_upper_set_local_hook,
+    c_int,
+    c_int,
+    0
+);
+setter!(
+    16,
+    mkl_set_num_threads_local,
+    mkl_set_num_threads_local_hook,
+    c_int,
+    c_int,
+    0
+);
+setter!(
+    17,
+    bli_thread_set_num_threads,
+    bli_thread_set_num_threads_hook,
+    i64
+);
+setter!(
+    18,
+    flexiblas_set_num_threads,
+    flexiblas_set_num_threads_hook,
+    c_int
+);

@@ -29,7 +29,12 @@ pub static OTHER: Stats = Stats {
 };
 
 type StartFn = extern "C" fn(*mut c_void) -> *mut c_void;
-type CreateFn = unsafe extern "C" fn(*mut libc::pthread_t, *const libc::pthread_attr_t, StartFn, *mut c_void) -> i32;
+type CreateFn = unsafe extern "C" fn(
+    *mut libc::pthread_t,
+    *const libc::pthread_attr_t,
+    StartFn,
+    *mut c_void,
+) -> i32;
 
 /// What the wrapper hands to the new thread.
 #[repr(C)]
@@ -44,13 +49,18 @@ struct Launch {
 static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
 fn stats_of(owner: usize) -> &'static Stats {
-    owner.checked_sub(1).and_then(runtime::copy).map_or(&OTHER, |c| &c.stats)
+    owner
+        .checked_sub(1)
+        .and_then(runtime::copy)
+        .map_or(&OTHER, |c| &c.stats)
 }
 
 extern "C" fn thread_ended(value: *mut c_void) {
     // Saturating: in a forked child the counters restarted at 0, and a thread
     // created before the fork may end there.
-    let _ = stats_of(value as usize - 1).threads_live.fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    let _ = stats_of(value as usize - 1)
+        .threads_live
+        .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
 }
 
 fn key() -> Option<libc::pthread_key_t> {
@@ -106,7 +116,9 @@ unsafe extern "C" fn pthread_create_hook(
     arg: *mut c_void,
 ) -> i32 {
     let ret = take_caller();
-    let Some(real) = real_create() else { return libc::EAGAIN };
+    let Some(real) = real_create() else {
+        return libc::EAGAIN;
+    };
     let _ = crate::init::ensure();
     let owner = super::fenced(0, || {
         // No dladdr/dlopen here: see runtime::refresh_light.

@@ -49,7 +49,9 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
 /// stays (it is reused, and dead members' slots are reclaimed).
 pub fn at_exit() {
     if shared::leave_tree() {
-        if let Some(name) = crate::config::getenv(c"PARBUDGET_LEDGER").filter(|n| is_generated(n.as_bytes())) {
+        if let Some(name) =
+            crate::config::getenv(c"PARBUDGET_LEDGER").filter(|n| is_generated(n.as_bytes()))
+        {
             let mut n = StackBuf::<256>::new();
             n.push_bytes(name.as_bytes());
             if let Some(c) = n.as_cstr() {
@@ -77,7 +79,13 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) -> (u32, Option<u32>) {
         return (cores, None);
     }
     let name = match crate::config::getenv(c"PARBUDGET_LEDGER") {
-        Some(n) if n.as_bytes().starts_with(b"/") && n.len() < 200 && !n.as_bytes()[1..].contains(&b'/') => n,
+        Some(n)
+            if n.as_bytes().starts_with(b"/")
+                && n.len() < 200
+                && !n.as_bytes()[1..].contains(&b'/') =>
+        {
+            n
+        }
         Some(bad) => {
             warn!(
                 "bad_env var=PARBUDGET_LEDGER value={} using=\"a new ledger for this tree\" reason=\"expected a name like /parbudget-myjob (one leading slash, no other)\"",
@@ -130,7 +138,11 @@ fn new_name() -> StackBuf<1024> {
     let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
     // SAFETY: fills ts.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    let _ = write!(n, "/parbudget-{uid}-{pid}-{:x}", ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+    let _ = write!(
+        n,
+        "/parbudget-{uid}-{pid}-{:x}",
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    );
     n
 }
 
@@ -140,13 +152,20 @@ fn cleanup_stale() {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     let prefix = format!("parbudget-{uid}-");
-    let Ok(rd) = std::fs::read_dir("/dev/shm") else { return };
+    let Ok(rd) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().to_string();
-        let Some(rest) = name.strip_prefix(&prefix) else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(rest) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
         // SAFETY: kill with signal 0 only checks existence.
-        let creator_gone = unsafe { libc::kill(pid, 0) } != 0 && unsafe { *libc::__errno_location() } == libc::ESRCH;
+        let creator_gone = unsafe { libc::kill(pid, 0) } != 0
+            && unsafe { *libc::__errno_location() } == libc::ESRCH;
         if creator_gone && shared::abandoned(format!("/{name}").as_bytes()) {
             if let Ok(c) = std::ffi::CString::new(format!("/{name}")) {
                 // SAFETY: NUL-terminated name of our own pattern.
@@ -163,7 +182,10 @@ pub struct Ledger {
 
 impl Ledger {
     pub const fn new() -> Ledger {
-        Ledger { used: AtomicU32::new(0), cores: AtomicU32::new(1) }
+        Ledger {
+            used: AtomicU32::new(0),
+            cores: AtomicU32::new(1),
+        }
     }
 
     /// Sets the budget; `held_here` threads are still in use (a forked child
@@ -188,7 +210,10 @@ impl Ledger {
         let mut cur = self.used.load(Relaxed);
         loop {
             let extras = want.min(cores.saturating_sub(cur.saturating_add(me)));
-            match self.used.compare_exchange_weak(cur, cur + me + extras, Acquire, Relaxed) {
+            match self
+                .used
+                .compare_exchange_weak(cur, cur + me + extras, Acquire, Relaxed)
+            {
                 Ok(_) => return extras,
                 Err(now) => cur = now,
             }
@@ -203,12 +228,16 @@ impl Ledger {
 
     pub fn leave_as(&self, extras: u32, count_caller: bool) {
         let n = extras + u32::from(count_caller);
-        let _ = self.used.fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
+        let _ = self
+            .used
+            .fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
     }
 
     /// Threads of the budget not in use now.
     pub fn free(&self) -> u32 {
-        self.cores.load(Relaxed).saturating_sub(self.used.load(Relaxed))
+        self.cores
+            .load(Relaxed)
+            .saturating_sub(self.used.load(Relaxed))
     }
 }
 
@@ -237,10 +266,18 @@ mod tests {
         l.reset(2, 0);
         let a = l.enter(1);
         let b = l.enter(1);
-        assert_eq!((a, b), (1, 0), "the second caller alone fills... nothing is left");
+        assert_eq!(
+            (a, b),
+            (1, 0),
+            "the second caller alone fills... nothing is left"
+        );
         assert_eq!((team(a), team(b)), (2, 1));
         l.leave(a);
-        assert_eq!(l.enter(5), 0, "b still runs: one core left, taken by the new caller itself");
+        assert_eq!(
+            l.enter(5),
+            0,
+            "b still runs: one core left, taken by the new caller itself"
+        );
         l.leave(0);
         l.leave(b);
         assert_eq!(l.free(), 2);
@@ -266,7 +303,10 @@ mod tests {
         let outer = l.enter(1);
         assert_eq!(outer, 1);
         let inner = l.enter_as(3, false);
-        assert_eq!(inner, 2, "4 cores - (the caller, counted once, + the outer extra)");
+        assert_eq!(
+            inner, 2,
+            "4 cores - (the caller, counted once, + the outer extra)"
+        );
         l.leave_as(inner, false);
         l.leave(outer);
         assert_eq!(l.free(), 4);

@@ -129,11 +129,16 @@ fn proc_stat(pid: i32) -> Option<(u8, u64)> {
     let text = crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf)?;
     // The command name is in parentheses and may hold spaces: parse after the last ')'.
     let close = text.iter().rposition(|b| *b == b')')?;
-    let mut fields = text[close + 1..].split(|b| *b == b' ').filter(|f| !f.is_empty());
+    let mut fields = text[close + 1..]
+        .split(|b| *b == b' ')
+        .filter(|f| !f.is_empty());
     let state = *fields.next()?.first()?;
     // starttime is field 22 overall; field 3 (state) was the first after ')'.
     let start = fields.nth(18)?;
-    let n = start.iter().take_while(|b| b.is_ascii_digit()).fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    let n = start
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
     Some((state, n))
 }
 
@@ -144,7 +149,8 @@ fn alive(pid: i32, start: u64) -> bool {
     match proc_stat(pid) {
         None => {
             // SAFETY: kill with signal 0 only checks existence.
-            let gone = unsafe { libc::kill(pid, 0) } != 0 && unsafe { *libc::__errno_location() } == libc::ESRCH;
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && unsafe { *libc::__errno_location() } == libc::ESRCH;
             !gone
         }
         Some((_, st)) if st != start => false,
@@ -158,10 +164,19 @@ fn threads_of(pid: i32) -> u32 {
     let mut path = StackBuf::<64>::new();
     let _ = write!(path, "/proc/{pid}/status");
     let mut buf = [0u8; 2048];
-    let Some(text) = crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf) else { return 0 };
+    let Some(text) =
+        crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf)
+    else {
+        return 0;
+    };
     text.split(|b| *b == b'\n')
         .find_map(|l| l.strip_prefix(b"Threads:"))
-        .map_or(0, |v| v.trim_ascii().iter().take_while(|b| b.is_ascii_digit()).fold(0u32, |n, d| n * 10 + u32::from(d - b'0')))
+        .map_or(0, |v| {
+            v.trim_ascii()
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+        })
 }
 
 /// Clears dead members' slots and takes their threads off `used`. With
@@ -189,7 +204,8 @@ fn reclaim_dead(h: &Header, rebuild: bool) {
     if rebuild {
         h.used.store(live_held, Relaxed);
     } else {
-        h.used.store(h.used.load(Relaxed).saturating_sub(freed), Relaxed);
+        h.used
+            .store(h.used.load(Relaxed).saturating_sub(freed), Relaxed);
     }
 }
 
@@ -231,9 +247,14 @@ fn my_slot(h: &Header) -> Option<&Slot> {
     }
     // After exec the pid and start time are the same but the old image's
     // regions are gone: adopt its slot and take its threads off `used`.
-    if let Some(j) = h.slots.iter().position(|s| s.pid.load(Relaxed) == pid && s.start_time.load(Relaxed) == start) {
+    if let Some(j) = h
+        .slots
+        .iter()
+        .position(|s| s.pid.load(Relaxed) == pid && s.start_time.load(Relaxed) == start)
+    {
         let old = h.slots[j].held.swap(0, Relaxed);
-        h.used.store(h.used.load(Relaxed).saturating_sub(old), Relaxed);
+        h.used
+            .store(h.used.load(Relaxed).saturating_sub(old), Relaxed);
         MY_SLOT.store(j, Relaxed);
         return Some(&h.slots[j]);
     }
@@ -293,7 +314,8 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
         let s = &l.0.slots[i];
         let d = s.held.load(Relaxed).min(n);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
-        h.used.store(h.used.load(Relaxed).saturating_sub(d), Relaxed);
+        h.used
+            .store(h.used.load(Relaxed).saturating_sub(d), Relaxed);
     }
     true
 }
@@ -308,13 +330,16 @@ pub fn leave_tree() -> bool {
     if i >= SLOTS {
         return false;
     }
-    let Some(l) = Locked::new(h) else { return false };
+    let Some(l) = Locked::new(h) else {
+        return false;
+    };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == pid {
         let s = &l.0.slots[i];
         let held = s.held.swap(0, Relaxed);
-        h.used.store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
+        h.used
+            .store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
         s.pid.store(0, Relaxed);
     }
     l.0.slots.iter().all(|s| {
@@ -345,10 +370,14 @@ impl core::fmt::Display for Refused {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Refused::Open(e) => write!(f, "cannot open or create it (errno {e})"),
-            Refused::NotPrivate => f.write_str("not a regular file owned by this user with mode 0600"),
+            Refused::NotPrivate => {
+                f.write_str("not a regular file owned by this user with mode 0600")
+            }
             Refused::WrongSize(s) => write!(f, "wrong size {s}"),
             Refused::BadHeader => f.write_str("bad magic, version or counts"),
-            Refused::NoProc => f.write_str("/proc/self/stat is unreadable, so dead members could not be told from live ones"),
+            Refused::NoProc => f.write_str(
+                "/proc/self/stat is unreadable, so dead members could not be told from live ones",
+            ),
         }
     }
 }
@@ -363,7 +392,13 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
         return Err(Refused::NoProc);
     }
     // SAFETY: shm_open with a NUL-terminated name; O_EXCL so we know if we created it.
-    let mut fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC, 0o600) };
+    let mut fd = unsafe {
+        libc::shm_open(
+            cname.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        )
+    };
     let created = fd >= 0;
     if !created {
         // SAFETY: as above, opening an existing one.
@@ -396,14 +431,24 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
         }
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != me || st.st_mode & 0o077 != 0 {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != me || st.st_mode & 0o077 != 0
+        {
             return Err(Refused::NotPrivate);
         }
         if st.st_size as usize != SIZE {
             return Err(Refused::WrongSize(st.st_size));
         }
         // SAFETY: mapping exactly SIZE bytes of a file we just checked is SIZE long.
-        let p = unsafe { libc::mmap(core::ptr::null_mut(), SIZE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(Refused::Open(unsafe { *libc::__errno_location() }));
         }
@@ -442,7 +487,13 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
             let hr = unsafe { &*h };
             // `used` may exceed the budget (callers always run), but not by
             // more than every slot's share of a sane process.
-            if !ok || hr.version != VERSION || hr.size as usize != SIZE || hr.budget == 0 || hr.budget > crate::budget::MAX_CORES || hr.used.load(Relaxed) > (SLOTS as u32) * 4096 {
+            if !ok
+                || hr.version != VERSION
+                || hr.size as usize != SIZE
+                || hr.budget == 0
+                || hr.budget > crate::budget::MAX_CORES
+                || hr.used.load(Relaxed) > (SLOTS as u32) * 4096
+            {
                 // SAFETY: unmapping what we mapped.
                 unsafe { libc::munmap(p, SIZE) };
                 return Err(Refused::BadHeader);
@@ -467,7 +518,12 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     }
     if result.is_ok() {
         if created {
-            info!("ledger_created name={} cores={} bytes={}", Quoted(name), cores, SIZE);
+            info!(
+                "ledger_created name={} cores={} bytes={}",
+                Quoted(name),
+                cores,
+                SIZE
+            );
         } else {
             debug!("ledger_joined name={}", Quoted(name));
         }
@@ -488,11 +544,22 @@ pub fn abandoned(name: &[u8]) -> bool {
     }
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: fstat fills st; getuid has no preconditions.
-    let ok = unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_uid == unsafe { libc::getuid() } && st.st_size as usize == SIZE;
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0
+        && st.st_uid == unsafe { libc::getuid() }
+        && st.st_size as usize == SIZE;
     let mut empty = false;
     if ok {
         // SAFETY: read-only mapping of a file of exactly SIZE bytes.
-        let p = unsafe { libc::mmap(core::ptr::null_mut(), SIZE, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                SIZE,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
         if p != libc::MAP_FAILED {
             // SAFETY: reading the mapped header.
             let h = unsafe { &*(p as *const Header) };
@@ -520,7 +587,10 @@ mod tests {
         assert!(state == b'R' || state == b'S');
         assert!(start > 0);
         assert!(alive(std::process::id() as i32, start));
-        assert!(!alive(std::process::id() as i32, start + 1), "a reused pid has another start time");
+        assert!(
+            !alive(std::process::id() as i32, start + 1),
+            "a reused pid has another start time"
+        );
         assert!(proc_stat(i32::MAX).is_none());
     }
 

@@ -122,7 +122,14 @@ impl Stats {
         for a in [&self.requested_max, &self.clamped] {
             a.store(0, Relaxed);
         }
-        for a in [&self.threads_created, &self.threads_live, &self.threads_peak, &self.regions, &self.team_sum, &self.cut] {
+        for a in [
+            &self.threads_created,
+            &self.threads_live,
+            &self.threads_peak,
+            &self.regions,
+            &self.team_sum,
+            &self.cut,
+        ] {
             a.store(0, Relaxed);
         }
     }
@@ -275,7 +282,10 @@ pub fn copy(index: usize) -> Option<&'static Copy> {
 }
 
 fn index_of_base(base: usize) -> Option<usize> {
-    all_slots().find(|(_, c)| c.base == base).map(|(i, c)| (i, c.state.load(Acquire))).and_then(|(i, st)| (st != REJECTED).then_some(i))
+    all_slots()
+        .find(|(_, c)| c.base == base)
+        .map(|(i, c)| (i, c.state.load(Acquire)))
+        .and_then(|(i, st)| (st != REJECTED).then_some(i))
 }
 
 fn known_base(base: usize) -> bool {
@@ -292,7 +302,11 @@ pub fn reset_writer_in_child() {
 
 /// The loader's count of objects ever loaded.
 fn loader_adds() -> u64 {
-    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
         // SAFETY: glibc passes a valid info; `data` is our u64.
         unsafe { *(data as *mut u64) = (*info).dlpi_adds };
         1
@@ -356,7 +370,11 @@ fn scan() {
     }
     REGISTRY.seen_adds.store(adds, Release);
 
-    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
         // SAFETY: glibc passes a valid info; `data` is our Scan.
         let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
         if info.dlpi_name.is_null() || scan.n == scan.found.len() {
@@ -371,14 +389,23 @@ fn scan() {
                 path.push_bytes(name);
                 let (lo, hi) = load_range(info);
                 if !path.truncated {
-                    scan.found[scan.n].write(Candidate { base, lo, hi, path, row });
+                    scan.found[scan.n].write(Candidate {
+                        base,
+                        lo,
+                        hi,
+                        path,
+                        row,
+                    });
                     scan.n += 1;
                 }
             }
         }
         0
     }
-    let mut scan = Scan { found: [const { MaybeUninit::uninit() }; 32], n: 0 };
+    let mut scan = Scan {
+        found: [const { MaybeUninit::uninit() }; 32],
+        n: 0,
+    };
     // SAFETY: the callback writes only into `scan`. No dlopen inside it: the
     // loader's list lock is held there.
     unsafe { libc::dl_iterate_phdr(Some(each), (&mut scan as *mut Scan).cast()) };
@@ -443,7 +470,9 @@ pub fn confirm_pending() {
 /// Confirms one pending copy by symbols and resolves its functions. Caller
 /// holds the writer flag.
 fn confirm(index: usize, c: &Copy) {
-    let row = rows().find(|r| r.imp == c.imp).expect("a copy's impl has a row");
+    let row = rows()
+        .find(|r| r.imp == c.imp)
+        .expect("a copy's impl has a row");
     let mut p = StackBuf::<PATH_LEN>::new();
     p.push_bytes(c.path());
     let Some(cpath) = p.as_cstr() else {
@@ -489,7 +518,12 @@ fn confirm(index: usize, c: &Copy) {
         );
     }
     c.state.store(CONFIRMED, Release);
-    info!("runtime_found impl={} kind={} path={}", row.imp.name(), row.imp.kind().name(), Quoted(c.path()));
+    info!(
+        "runtime_found impl={} kind={} path={}",
+        row.imp.name(),
+        row.imp.kind().name(),
+        Quoted(c.path())
+    );
     crate::conflicts::check_new(index);
 }
 
@@ -517,7 +551,9 @@ pub fn owner_base(addr: usize) -> Option<usize> {
 /// The registered copy whose segments contain `addr`, if any (for
 /// attribution). Lock-free: no dladdr.
 pub fn copy_containing(addr: usize) -> Option<usize> {
-    copies().find(|(_, c)| c.lo <= addr && addr < c.hi).map(|(i, _)| i)
+    copies()
+        .find(|(_, c)| c.lo <= addr && addr < c.hi)
+        .map(|(i, _)| i)
 }
 
 /// Lowers a copy's thread count to the budget if it is above it. Only call
@@ -569,7 +605,11 @@ struct CacheSlot {
 /// table of atomics keeps the hot path at one hash and one load. A full table
 /// only costs speed: the slow path is always correct.
 static CACHE: [CacheSlot; CACHE_SLOTS] = [const {
-    CacheSlot { key: AtomicUsize::new(0), real: AtomicUsize::new(0), copy: AtomicUsize::new(0) }
+    CacheSlot {
+        key: AtomicUsize::new(0),
+        real: AtomicUsize::new(0),
+        copy: AtomicUsize::new(0),
+    }
 }; CACHE_SLOTS];
 
 fn cache_key(ret: usize, hook: u8) -> usize {
@@ -591,7 +631,10 @@ pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
         let k = s.key.load(Acquire);
         if k == key {
             let copy = s.copy.load(Relaxed);
-            return Some(Target { real: s.real.load(Relaxed), copy: copy.checked_sub(1) });
+            return Some(Target {
+                real: s.real.load(Relaxed),
+                copy: copy.checked_sub(1),
+            });
         }
         if k == 0 {
             break;
@@ -636,10 +679,18 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
     if real == 0 {
         let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
         // SAFETY: dladdr only reads loader tables.
-        if ret != 0 && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        if ret != 0
+            && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0
+            && !info.dli_fname.is_null()
+        {
             // SAFETY: NOLOAD maps nothing new; the handle is closed right away
             // (the caller object stays loaded: it is executing this call).
-            let h = unsafe { libc::dlopen(info.dli_fname as *const c_char, libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+            let h = unsafe {
+                libc::dlopen(
+                    info.dli_fname as *const c_char,
+                    libc::RTLD_NOLOAD | libc::RTLD_LAZY,
+                )
+            };
             if !h.is_null() {
                 // SAFETY: valid handle and name.
                 real = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
@@ -655,7 +706,11 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
         real = search_loaded(name);
     }
     if real == 0 {
-        debug!("unresolved symbol={} caller={:#x}", Quoted(name.to_bytes()), ret);
+        debug!(
+            "unresolved symbol={} caller={:#x}",
+            Quoted(name.to_bytes()),
+            ret
+        );
         return None;
     }
     let base = owner_base(real);
@@ -685,7 +740,11 @@ fn search_loaded(name: &CStr) -> usize {
         n: usize,
         skip: usize,
     }
-    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
         // SAFETY: glibc passes a valid info; `data` is our Found.
         let (info, f) = unsafe { (&*info, &mut *(data as *mut Found)) };
         if info.dlpi_name.is_null() || info.dlpi_addr as usize == f.skip || f.n == f.paths.len() {
@@ -703,8 +762,15 @@ fn search_loaded(name: &CStr) -> usize {
     // held), 16 objects per pass; a slow path that runs once per call site.
     let mut seen = 0usize;
     loop {
-        let mut batch = Found { paths: [const { StackBuf::new() }; 16], n: 0, skip: ours };
-        let mut all = AllPaths { skip_first: seen, inner: &mut batch };
+        let mut batch = Found {
+            paths: [const { StackBuf::new() }; 16],
+            n: 0,
+            skip: ours,
+        };
+        let mut all = AllPaths {
+            skip_first: seen,
+            inner: &mut batch,
+        };
         // SAFETY: the callback only copies names into our buffers.
         unsafe { libc::dl_iterate_phdr(Some(each_skip), (&mut all as *mut AllPaths).cast()) };
         if batch.n == 0 {
@@ -732,11 +798,19 @@ fn search_loaded(name: &CStr) -> usize {
         skip_first: usize,
         inner: &'a mut Found,
     }
-    unsafe extern "C" fn each_skip(info: *mut libc::dl_phdr_info, size: usize, data: *mut c_void) -> c_int {
+    unsafe extern "C" fn each_skip(
+        info: *mut libc::dl_phdr_info,
+        size: usize,
+        data: *mut c_void,
+    ) -> c_int {
         // SAFETY: `data` is our AllPaths.
         let all = unsafe { &mut *(data as *mut AllPaths) };
         // SAFETY: as above.
-        let named = unsafe { !(*info).dlpi_name.is_null() && CStr::from_ptr((*info).dlpi_name).to_bytes().contains(&b'/') && (*info).dlpi_addr as usize != all.inner.skip };
+        let named = unsafe {
+            !(*info).dlpi_name.is_null()
+                && CStr::from_ptr((*info).dlpi_name).to_bytes().contains(&b'/')
+                && (*info).dlpi_addr as usize != all.inner.skip
+        };
         if !named {
             return 0;
         }
@@ -788,12 +862,24 @@ mod tests {
     #[test]
     fn prefixes_pick_rows() {
         let imp = |p: &str| row_for_path(p.as_bytes()).map(|r| r.imp);
-        assert_eq!(imp("/usr/lib/x86_64-linux-gnu/libgomp.so.1"), Some(Impl::Libgomp));
-        assert_eq!(imp("/v/scikit_learn.libs/libgomp-a34b3233.so.1.0.0"), Some(Impl::Libgomp));
+        assert_eq!(
+            imp("/usr/lib/x86_64-linux-gnu/libgomp.so.1"),
+            Some(Impl::Libgomp)
+        );
+        assert_eq!(
+            imp("/v/scikit_learn.libs/libgomp-a34b3233.so.1.0.0"),
+            Some(Impl::Libgomp)
+        );
         assert_eq!(imp("/usr/lib/llvm-14/lib/libomp.so.5"), Some(Impl::Libomp));
         assert_eq!(imp("/v/lib/libiomp5.so"), Some(Impl::Libiomp));
-        assert_eq!(imp("/v/numpy.libs/libscipy_openblas64_-ff651d7f.so"), Some(Impl::Openblas));
-        assert_eq!(imp("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"), Some(Impl::Openblas));
+        assert_eq!(
+            imp("/v/numpy.libs/libscipy_openblas64_-ff651d7f.so"),
+            Some(Impl::Openblas)
+        );
+        assert_eq!(
+            imp("/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"),
+            Some(Impl::Openblas)
+        );
         assert_eq!(imp("/opt/intel/lib/libmkl_rt.so.2"), Some(Impl::Mkl));
         assert_eq!(imp("/usr/lib/libblis.so.4"), Some(Impl::Blis));
         assert_eq!(imp("/usr/lib/libflexiblas.so.3"), Some(Impl::Flexiblas));
@@ -804,7 +890,10 @@ mod tests {
     #[test]
     fn cache_keys_separate_hooks_at_one_call_site() {
         // ctypes calls every foreign function from one call instruction.
-        assert_ne!(cache_key(0x7f00_1234_5678, 1), cache_key(0x7f00_1234_5678, 2));
+        assert_ne!(
+            cache_key(0x7f00_1234_5678, 1),
+            cache_key(0x7f00_1234_5678, 2)
+        );
         assert_ne!(cache_key(0x7f00_1234_5678, 0), 0);
     }
 }
