@@ -16,61 +16,29 @@
 //! numpy (`scipy_cblas_*64_`) and C programs (`cblas_*`) call, and the
 //! Fortran `{,scipy_}{s,d,c,z}gemm_` that scipy.linalg and Fortran code call.
 
-use super::{fenced, take_caller, trampoline, trampoline_fp};
-use crate::ledger;
+use super::grant::{self, GiveBack, Grant};
+use super::{call, cname, fenced, resolve_or_abort, take_caller, trampoline, trampoline_fp};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::ffi::CStr;
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use log::{debug, error};
+use log::debug;
 
 type P = *mut core::ffi::c_void;
 
-#[derive(Clone, Copy)]
-struct Grant {
-    real: usize,
-    extras: u32,
-    counted: bool,
-    caller: bool,
-}
-
-/// Gives the grant back when dropped, also on a forced unwind (cancellation).
-struct Leave(Grant);
-
-impl Drop for Leave {
-    fn drop(&mut self) {
-        if self.0.counted {
-            crate::hooks::regions::release_held(u32::from(self.0.caller) + self.0.extras);
-            ledger::leave(self.0.extras, self.0.caller);
-        }
-    }
-}
-
-fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
+/// Sizes one BLAS call; returns the real function and the grant.
+fn enter(ret: usize, hook: u8, name: &'static CStr) -> (usize, Grant) {
     let settings = crate::init::ensure();
-    let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
-        error!(
-            "unresolved symbol={} caller={:#x} object={}: no BLAS in scope",
-            Quoted(name.to_bytes()),
-            ret,
-            Quoted(runtime::object_name(ret).as_bytes())
-        );
-        // SAFETY: nothing to forward to.
-        unsafe { libc::abort() };
+    let t = resolve_or_abort(ret, hook, name);
+    let Some(s) = settings else {
+        return (t.real, Grant::default());
     };
-    let pass = Grant {
-        real: t.real,
-        extras: 0,
-        counted: false,
-        caller: false,
-    };
-    let Some(s) = settings else { return pass };
-    fenced(pass, || {
+    let g = fenced(Grant::default(), || {
         let Some(c) = t.copy.and_then(runtime::copy) else {
-            return pass;
+            return Grant::default();
         };
         if c.imp != Impl::Openblas || c.blas_parallel() != 2 {
-            return pass;
+            return Grant::default();
         }
         // Read, decide and set under the copy's lock: the count is
         // process-wide, and without the lock a stale "current" would look
@@ -97,61 +65,34 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> Grant {
         if last == 0 || cur != last {
             c.blas_config.store(cur, Relaxed); // first call, or someone else set it
         }
+        // The configured count is what the call asks for.
         let config = c.blas_config.load(Relaxed);
-        c.stats.note_request(config);
-        let ceiling = config.clamp(1, s.budget.cores);
-        // A BLAS call inside a region on this thread: the thread is counted.
-        let caller = crate::hooks::regions::held_here() == 0;
-        let extras = ledger::enter(ceiling - 1, caller);
-        crate::hooks::regions::add_held(u32::from(caller) + extras);
-        let team = 1 + extras;
-        if team != cur {
-            c.set_threads(team);
+        let g = grant::take(Some(c), config, s.budget.cores);
+        if g.team() != cur {
+            c.set_threads(g.team());
         }
-        c.blas_current.store(team, Relaxed);
-        c.stats.regions.fetch_add(1, Relaxed);
-        c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
-        if team < ceiling {
-            c.stats.cut.fetch_add(1, Relaxed);
-        }
+        c.blas_current.store(g.team(), Relaxed);
         debug!(
             "blas_grant symbol={} ceiling={} team={}",
             Quoted(name.to_bytes()),
-            ceiling,
-            team
+            config.min(s.budget.cores),
+            g.team()
         );
-        Grant {
-            real: t.real,
-            extras,
-            counted: true,
-            caller,
-        }
-    })
-}
-
-/// SAFETY (for every `call!` below): `real` was resolved by this very name in
-/// the caller's own scope; the declared types pass every argument through in
-/// the same register or stack slot (integers as isize, floats as f32/f64).
-macro_rules! call {
-    ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
-        unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
-    };
+        g
+    });
+    (t.real, g)
 }
 
 /// One hooked BLAS entry point: size, forward, give back.
 macro_rules! blas {
     ($id:expr, $tramp:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
         unsafe extern "C-unwind" fn $body($($a: $t),*) {
-            let g = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")));
-            let _give_back = Leave(g);
-            call!(g.real, fn($($t),*) -> (), $($a),*);
+            let (real, g) = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")));
+            let _give_back = GiveBack(g);
+            call!(real, fn($($t),*) -> (), $($a),*);
         }
         $tramp!($name => $body);
     };
-}
-
-fn cname(s: &'static str) -> &'static CStr {
-    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
 }
 
 // Hook ids 100..=147. Complex routines take alpha/beta by pointer; real ones

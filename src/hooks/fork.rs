@@ -102,7 +102,7 @@ extern "C" fn child() {
     }
     runtime::reset_writer_in_child();
     let cores = crate::init::ready().map_or(1, |s| s.budget.cores);
-    crate::ledger::reset_in_child(cores, super::regions::held_here());
+    crate::ledger::reset_in_child(cores, super::grant::held_here());
     // SAFETY: getpid is async-signal-safe.
     KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
     crate::hooks::threads::reset_in_child();

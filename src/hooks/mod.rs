@@ -17,11 +17,13 @@
 
 pub mod blas;
 pub mod fork;
+pub mod grant;
 pub mod regions;
 pub mod setters;
 pub mod threads;
 
 use core::cell::Cell;
+use core::ffi::CStr;
 
 thread_local! {
     /// Return address of the hook call this thread is in (set by the trampoline).
@@ -219,6 +221,40 @@ impl Drop for Guard {
         IN_HOOK.with(|g| g.set(false));
     }
 }
+
+/// The target of hook `hook` (exported as `name`) called from `ret`. Without a
+/// real function there is nothing to run the call with: one error line naming
+/// the caller, then abort (it never happens for a caller that was linked
+/// against a runtime; see runtime::resolve for the search).
+pub fn resolve_or_abort(ret: usize, hook: u8, name: &CStr) -> crate::runtime::Target {
+    if let Some(t) = fenced(None, || crate::runtime::resolve(ret, hook, name)) {
+        return t;
+    }
+    log::error!(
+        "unresolved symbol={} caller={:#x} object={}: no runtime defines it",
+        crate::stackbuf::Quoted(name.to_bytes()),
+        ret,
+        crate::stackbuf::Quoted(crate::runtime::object_name(ret).as_bytes())
+    );
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
+/// A `&'static CStr` from `concat!(stringify!(name), "\0")` in the hook macros.
+pub fn cname(s: &'static str) -> &'static CStr {
+    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
+}
+
+/// Calls the real function at `$real` with the declared signature.
+/// SAFETY (at every use): `real` was resolved by the hook's own name, so it
+/// has the signature the caller used for us; the declared types pass every
+/// argument through in the same register or stack slot.
+macro_rules! call {
+    ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
+        unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
+    };
+}
+pub(crate) use call;
 
 /// Runs bookkeeping `f` under the reentry guard with panics fenced off: a panic
 /// must never cross the `extern "C"` boundary (it would abort the host), so a

@@ -3,82 +3,49 @@
 //! `__kmpc_push_num_threads`. The team is sized here, at each region, from the
 //! ledger: the caller plus the extra workers free right now.
 
-use super::{fenced, fork, take_caller, trampoline};
-use crate::ledger;
+use super::grant::{self, GiveBack, Grant};
+use super::{call, cname, fenced, fork, resolve_or_abort, take_caller, trampoline};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
 use core::ffi::{CStr, c_long, c_uint, c_void};
 use core::sync::atomic::Ordering::Relaxed;
-use log::{debug, error};
+use log::debug;
 
 thread_local! {
-    /// Threads this thread holds in the ledger (itself and extras, per region).
-    static HELD: Cell<u32> = const { Cell::new(0) };
-    /// Grants of `GOMP_*_start` regions, returned by `GOMP_parallel_end`.
-    static START_STACK: Cell<[(u32, u8); 16]> = const { Cell::new([(0, 0); 16]) };
+    /// Grants of `GOMP_*_start` regions, given back by `GOMP_parallel_end`.
+    static START_STACK: Cell<[Grant; 16]> = const { Cell::new([Grant { extras: 0, counted: false, caller: false }; 16]) };
     static START_DEPTH: Cell<usize> = const { Cell::new(0) };
 }
 
-pub fn held_here() -> u32 {
-    HELD.with(|h| h.get())
-}
-
-pub fn add_held(n: u32) {
-    HELD.with(|h| h.set(h.get() + n));
-}
-
-pub fn release_held(n: u32) {
-    HELD.with(|h| h.set(h.get().saturating_sub(n)));
-}
-
-/// A sized region: where to forward, with how many threads, and what to give
-/// back at the end.
+/// A sized GOMP region: where to forward, with how many threads, and its grant.
 #[derive(Clone, Copy)]
 struct Entry {
     real: usize,
     team: c_uint,
-    extras: u32,
-    /// Whether the ledger counted this region (leave must give it back).
-    counted: bool,
-    /// Whether the caller itself was counted (false when nested on a thread
-    /// an enclosing region already counts).
-    caller: bool,
-}
-
-/// Gives a region's grant back when dropped: at the normal end, and also when
-/// the thread is cancelled or calls pthread_exit inside the region (a forced
-/// unwind runs destructors).
-struct Leave(Entry);
-
-impl Drop for Leave {
-    fn drop(&mut self) {
-        leave(&self.0);
-    }
+    grant: Grant,
 }
 
 type Body = extern "C-unwind" fn(*mut c_void);
 
+/// The threads a region asks for: its clause, or (0) the copy's default.
+fn asked(requested: u32, copy: Option<&runtime::Copy>, budget: u32) -> u32 {
+    match requested {
+        0 => copy
+            .and_then(|c| c.get_threads())
+            .map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
+        n => n,
+    }
+}
+
 /// Sizes a region that asked for `requested` threads (0: the runtime's default).
 fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry {
     let settings = crate::init::ensure();
-    let target = fenced(None, || runtime::resolve(ret, hook, name));
-    let Some(target) = target else {
-        // Without the real entry point the region cannot run at all.
-        error!(
-            "unresolved symbol={} caller={:#x}: no OpenMP runtime in scope",
-            Quoted(name.to_bytes()),
-            ret
-        );
-        // SAFETY: abort has no preconditions; there is nothing to forward to.
-        unsafe { libc::abort() };
-    };
+    let target = resolve_or_abort(ret, hook, name);
     let passthrough = Entry {
         real: target.real,
         team: requested,
-        extras: 0,
-        counted: false,
-        caller: false,
+        grant: Grant::default(),
     };
     fenced(passthrough, || {
         let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
@@ -88,43 +55,18 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
                 c.stats.regions.fetch_add(1, Relaxed);
                 c.stats.team_sum.fetch_add(1, Relaxed);
                 return Entry {
-                    real: target.real,
                     team: 1,
-                    extras: 0,
-                    counted: false,
-                    caller: false,
+                    ..passthrough
                 };
             }
         }
         let Some(s) = settings else {
-            return Entry {
-                real: target.real,
-                team: requested,
-                extras: 0,
-                counted: false,
-                caller: false,
-            };
+            return passthrough;
         };
-        let budget = s.budget.cores;
-        let asked = match requested {
-            0 => copy
-                .and_then(|(_, c)| c.get_threads())
-                .map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
-            n => n,
-        };
-        let want = asked.clamp(1, budget);
-        let caller = HELD.with(|h| h.get()) == 0;
-        let extras = ledger::enter(want - 1, caller);
-        HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
-        let team = ledger::team(extras);
+        let asked = asked(requested, copy.map(|(_, c)| c), s.budget.cores);
+        let g = grant::take(copy.map(|(_, c)| c), asked, s.budget.cores);
         if let Some((i, c)) = copy {
-            c.stats.note_request(asked);
-            c.stats.regions.fetch_add(1, Relaxed);
-            c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
-            if team < asked {
-                c.stats.cut.fetch_add(1, Relaxed);
-            }
-            if team > 1 && c.imp == Impl::Libgomp {
+            if g.team() > 1 && c.imp == Impl::Libgomp {
                 fork::mark_master(i);
             }
         }
@@ -133,68 +75,41 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
             Quoted(name.to_bytes()),
             copy.map_or("unknown", |(_, c)| c.imp.name()),
             asked,
-            team,
-            ledger::free()
+            g.team(),
+            crate::ledger::free()
         );
         Entry {
             real: target.real,
-            team,
-            extras,
-            counted: true,
-            caller,
+            team: g.team(),
+            grant: g,
         }
     })
 }
 
-/// Ends a region sized by `enter` (or passed through: `Entry::counted` false).
-fn leave(e: &Entry) {
-    if e.counted {
-        HELD.with(|h| h.set(h.get().saturating_sub(u32::from(e.caller) + e.extras)));
-        ledger::leave(e.extras, e.caller);
-    }
-}
-
-/// Remembers a `_start` region's grant until its `GOMP_parallel_end`, as
-/// (extras, flags: 1 counted, 2 caller counted).
-fn push_start(e: Entry) {
-    let code = (e.extras, u8::from(e.counted) | (u8::from(e.caller) << 1));
+/// Remembers a `_start` region's grant until its `GOMP_parallel_end`.
+fn push_start(g: Grant) {
     let d = START_DEPTH.with(|d| d.get());
     if d < 16 {
         START_STACK.with(|s| {
             let mut a = s.get();
-            a[d] = code;
+            a[d] = g;
             s.set(a);
         });
         START_DEPTH.with(|x| x.set(d + 1));
     } else {
         // Deeper than we track: give the grant back now rather than leak it.
-        leave(&e);
+        g.give_back();
     }
 }
 
-fn pop_start() -> Entry {
+fn pop_start() -> Grant {
     let d = START_DEPTH.with(|d| d.get());
-    let (extras, flags) = if d == 0 || d > 16 {
-        (0, 0)
+    START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
+    if d == 0 || d > 16 {
+        Grant::default()
     } else {
         START_STACK.with(|s| s.get()[d - 1])
-    };
-    START_DEPTH.with(|x| x.set(d.saturating_sub(1)));
-    Entry {
-        real: 0,
-        team: 0,
-        extras,
-        counted: flags & 1 != 0,
-        caller: flags & 2 != 0,
     }
-}
-
-/// SAFETY (for every `call!` below): `real` was resolved by this very name in
-/// the caller's own scope, so it has the GOMP ABI signature we declare.
-macro_rules! call {
-    ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
-        unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
-    };
 }
 
 /// A region that runs to completion inside the call: size, forward, give back.
@@ -202,7 +117,7 @@ macro_rules! region {
     ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
         unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
-            let _give_back = Leave(e);
+            let _give_back = GiveBack(e.grant);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*)
         }
         trampoline!($name => $body);
@@ -214,15 +129,11 @@ macro_rules! region_start {
     ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
         unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
             let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
-            push_start(e);
+            push_start(e.grant);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> (), f, data, e.team $(, $a)*);
         }
         trampoline!($name => $body);
     };
-}
-
-fn cname(s: &'static str) -> &'static CStr {
-    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
 }
 
 // Hook ids 40..=79 are region entry points.
@@ -245,15 +156,9 @@ region_start!(55, GOMP_parallel_loop_guided_start, gomp_parallel_loop_guided_sta
 region_start!(56, GOMP_parallel_loop_runtime_start, gomp_parallel_loop_runtime_start, (s: c_long, e: c_long, i: c_long));
 
 unsafe extern "C-unwind" fn gomp_parallel_end() {
-    let ret = take_caller();
-    let target = fenced(None, || runtime::resolve(ret, 57, c"GOMP_parallel_end"));
-    let Some(t) = target else {
-        error!("unresolved symbol=\"GOMP_parallel_end\" caller={:#x}", ret);
-        // SAFETY: nothing to forward to.
-        unsafe { libc::abort() };
-    };
+    let t = resolve_or_abort(take_caller(), 57, c"GOMP_parallel_end");
     call!(t.real, fn() -> (),);
-    leave(&pop_start());
+    pop_start().give_back();
 }
 trampoline!(GOMP_parallel_end => gomp_parallel_end);
 
@@ -284,15 +189,7 @@ trampoline!(GOMP_teams_reg => gomp_teams_reg);
 /// `GOMP_teams`/`GOMP_teams4` set the thread limit of the teams region.
 fn limit(ret: usize, hook: u8, name: &'static CStr, thread_limit: c_uint) -> (usize, c_uint) {
     let settings = crate::init::ensure();
-    let Some(t) = fenced(None, || runtime::resolve(ret, hook, name)) else {
-        error!(
-            "unresolved symbol={} caller={:#x}",
-            Quoted(name.to_bytes()),
-            ret
-        );
-        // SAFETY: nothing to forward to.
-        unsafe { libc::abort() };
-    };
+    let t = resolve_or_abort(ret, hook, name);
     let serial = t.copy.is_some_and(fork::serial_here);
     let budget = settings.map_or(u32::MAX, |s| s.budget.cores);
     let l = if serial {
@@ -335,16 +232,7 @@ trampoline!(GOMP_teams4 => gomp_teams4);
 unsafe extern "C-unwind" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n: i32) {
     let ret = take_caller();
     let settings = crate::init::ensure();
-    let Some(t) = fenced(None, || {
-        runtime::resolve(ret, 61, c"__kmpc_push_num_threads")
-    }) else {
-        error!(
-            "unresolved symbol=\"__kmpc_push_num_threads\" caller={:#x}",
-            ret
-        );
-        // SAFETY: nothing to forward to.
-        unsafe { libc::abort() };
-    };
+    let t = resolve_or_abort(ret, 61, c"__kmpc_push_num_threads");
     let budget = settings.map_or(i32::MAX, |s| s.budget.cores.min(i32::MAX as u32) as i32);
     let n2 = fenced(n, || {
         if let Some(c) = t.copy.and_then(runtime::copy) {
@@ -385,8 +273,9 @@ const KMPC_DEPTH: usize = 64;
 thread_local! {
     /// The `num_threads` clause pushed by this thread for its next region.
     static PENDING_PUSH: Cell<u32> = const { Cell::new(0) };
-    /// (original return address, extras + 1 or 0) per open kmpc region.
-    static KMPC_STACK: Cell<[(usize, u32); KMPC_DEPTH]> = const { Cell::new([(0, 0); KMPC_DEPTH]) };
+    /// (original return address, grant) per open kmpc region.
+    static KMPC_STACK: Cell<[(usize, Grant); KMPC_DEPTH]> =
+        const { Cell::new([(0, Grant { extras: 0, counted: false, caller: false }); KMPC_DEPTH]) };
     static KMPC_DEPTH_NOW: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -402,11 +291,7 @@ struct KmpcGo {
 /// Before the real `__kmpc_fork_call`.
 extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
     let settings = crate::init::ensure();
-    let Some(t) = fenced(None, || runtime::resolve(ret, 62, c"__kmpc_fork_call")) else {
-        error!("unresolved symbol=\"__kmpc_fork_call\" caller={:#x}", ret);
-        // SAFETY: nothing to forward to.
-        unsafe { libc::abort() };
-    };
+    let t = resolve_or_abort(ret, 62, c"__kmpc_fork_call");
     let pushed = PENDING_PUSH.with(|p| p.replace(0));
     let d = KMPC_DEPTH_NOW.with(|d| d.get());
     if d >= KMPC_DEPTH {
@@ -417,28 +302,21 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
             land: 0,
         };
     }
-    let code = fenced(0, || {
-        let Some(s) = settings else { return 0 };
+    let g = fenced(Grant::default(), || {
+        let Some(s) = settings else {
+            return Grant::default();
+        };
         let Some(c) = t.copy.and_then(runtime::copy) else {
-            return 0;
+            return Grant::default();
         };
-        let asked = match pushed {
-            0 => c
-                .get_threads()
-                .map_or(s.budget.cores, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
-            n => n,
-        };
-        let want = asked.clamp(1, s.budget.cores);
         let (Some(gtid_fn), Some(push_fn)) = (
             runtime::resolve(ret, 63, c"__kmpc_global_thread_num"),
             runtime::resolve(ret, 61, c"__kmpc_push_num_threads"),
         ) else {
-            return 0;
+            return Grant::default();
         };
-        let caller = HELD.with(|h| h.get()) == 0;
-        let extras = ledger::enter(want - 1, caller);
-        let team = ledger::team(extras);
-        HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
+        let asked = asked(pushed, Some(c), s.budget.cores);
+        let g = grant::take(Some(c), asked, s.budget.cores);
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
         unsafe {
@@ -447,27 +325,21 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
             core::mem::transmute::<usize, extern "C" fn(*mut c_void, i32, i32)>(push_fn.real)(
                 loc,
                 gtid,
-                team as i32,
+                g.team() as i32,
             );
-        }
-        c.stats.note_request(asked);
-        c.stats.regions.fetch_add(1, Relaxed);
-        c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
-        if team < asked {
-            c.stats.cut.fetch_add(1, Relaxed);
         }
         debug!(
             "grant symbol=\"__kmpc_fork_call\" impl={} asked={} team={} free={}",
             c.imp.name(),
             asked,
-            team,
-            ledger::free()
+            g.team(),
+            crate::ledger::free()
         );
-        (extras + 1) | if caller { 1 << 31 } else { 0 }
+        g
     });
     KMPC_STACK.with(|s| {
         let mut a = s.get();
-        a[d] = (ret, code);
+        a[d] = (ret, g);
         s.set(a);
     });
     KMPC_DEPTH_NOW.with(|x| x.set(d + 1));
@@ -482,18 +354,8 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
 extern "C" fn kmpc_post() -> usize {
     let d = KMPC_DEPTH_NOW.with(|d| d.get()).saturating_sub(1);
     KMPC_DEPTH_NOW.with(|x| x.set(d));
-    let (ret, code) = KMPC_STACK.with(|s| s.get()[d]);
-    if code > 0 {
-        let caller = code & (1 << 31) != 0;
-        let extras = (code & !(1 << 31)) - 1;
-        leave(&Entry {
-            real: 0,
-            team: 0,
-            extras,
-            counted: true,
-            caller,
-        });
-    }
+    let (ret, g) = KMPC_STACK.with(|s| s.get()[d]);
+    g.give_back();
     ret
 }
 

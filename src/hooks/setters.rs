@@ -1,7 +1,7 @@
 //! Thread-count setters of every runtime kind: a request above the budget is
 //! clamped (one info line), then forwarded to the caller's own runtime copy.
 
-use super::{fenced, take_caller, trampoline};
+use super::{cname, fenced, take_caller, trampoline};
 use crate::runtime::{self, Target};
 use crate::stackbuf::Quoted;
 use core::ffi::{CStr, c_int};
@@ -58,7 +58,7 @@ macro_rules! setter {
     ($id:expr, $name:ident, $body:ident, $arg:ty, $ret:ty, $zero:expr) => {
         unsafe extern "C" fn $body(n: $arg) -> $ret {
             let ret = take_caller();
-            let name = c_name(concat!(stringify!($name), "\0"));
+            let name = cname(concat!(stringify!($name), "\0"));
             let (target, n) = clamp(ret, $id, name, n as i64);
             match target {
                 // SAFETY: `real` was resolved by name from the caller's own
@@ -69,10 +69,6 @@ macro_rules! setter {
         }
         trampoline!($name => $body);
     };
-}
-
-fn c_name(s: &'static str) -> &'static CStr {
-    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
 }
 
 // Hook ids 1..=39 are the setters; each id names one exported symbol.
