@@ -17,16 +17,7 @@ use core::sync::atomic::{AtomicU32, Ordering::*};
 use log::debug;
 
 /// Threads made by the program and libraries that are not runtimes.
-pub static OTHER: Stats = Stats {
-    requested_max: AtomicU32::new(0),
-    clamped: AtomicU32::new(0),
-    threads_created: core::sync::atomic::AtomicU64::new(0),
-    threads_live: core::sync::atomic::AtomicU64::new(0),
-    threads_peak: core::sync::atomic::AtomicU64::new(0),
-    regions: core::sync::atomic::AtomicU64::new(0),
-    team_sum: core::sync::atomic::AtomicU64::new(0),
-    cut: core::sync::atomic::AtomicU64::new(0),
-};
+pub static OTHER: Stats = Stats::new();
 
 type StartFn = extern "C" fn(*mut c_void) -> *mut c_void;
 type CreateFn = unsafe extern "C" fn(

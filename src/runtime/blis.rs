@@ -8,4 +8,5 @@ pub const ROWS: &[Row] = &[Row {
     confirm: &[c"bli_thread_get_num_threads"],
     get: &[c"bli_thread_get_num_threads"],
     set: &[c"bli_thread_set_num_threads"],
+    model: &[],
 }];

@@ -8,4 +8,5 @@ pub const ROWS: &[Row] = &[Row {
     confirm: &[c"flexiblas_get_num_threads"],
     get: &[c"flexiblas_get_num_threads"],
     set: &[c"flexiblas_set_num_threads"],
+    model: &[],
 }];

@@ -8,4 +8,5 @@ pub const ROWS: &[Row] = &[Row {
     confirm: &[c"MKL_Get_Max_Threads"],
     get: &[c"MKL_Get_Max_Threads"],
     set: &[c"MKL_Set_Num_Threads"],
+    model: &[],
 }];

@@ -19,7 +19,7 @@ pub mod openmp;
 
 use crate::stackbuf::{Quoted, StackBuf};
 use core::cell::UnsafeCell;
-use core::ffi::{CStr, c_char, c_int, c_void};
+use core::ffi::{CStr, c_int, c_void};
 use core::mem::MaybeUninit;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use log::{debug, info};
@@ -71,14 +71,15 @@ impl Kind {
 }
 
 /// One runtime kind's table row, as in threadpoolctl: file-name prefixes,
-/// symbols that confirm it, and its get/set thread-count functions (the first
-/// one present in the copy wins).
+/// symbols that confirm it, its get/set thread-count functions and, where the
+/// kind has one, its threading-model query (the first name present wins).
 pub struct Row {
     pub imp: Impl,
     pub prefixes: &'static [&'static str],
     pub confirm: &'static [&'static CStr],
     pub get: &'static [&'static CStr],
     pub set: &'static [&'static CStr],
+    pub model: &'static [&'static CStr],
 }
 
 fn rows() -> impl Iterator<Item = &'static Row> {
@@ -102,8 +103,8 @@ pub fn row_for_path(path: &[u8]) -> Option<&'static Row> {
 const PATH_LEN: usize = 512;
 pub const MAX_COPIES: usize = 64;
 
-/// Counters kept per runtime copy, for logs and the report.
-#[derive(Default)]
+/// Counters kept per runtime copy (and for "other" threads), for logs and
+/// the report.
 pub struct Stats {
     pub requested_max: AtomicU32,
     pub clamped: AtomicU32,
@@ -116,6 +117,19 @@ pub struct Stats {
 }
 
 impl Stats {
+    pub const fn new() -> Stats {
+        Stats {
+            requested_max: AtomicU32::new(0),
+            clamped: AtomicU32::new(0),
+            threads_created: AtomicU64::new(0),
+            threads_live: AtomicU64::new(0),
+            threads_peak: AtomicU64::new(0),
+            regions: AtomicU64::new(0),
+            team_sum: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+        }
+    }
+
     /// A forked child describes itself: counters restart there (atomic stores
     /// only, so this is fine in the atfork child handler).
     pub fn reset(&self) {
@@ -282,10 +296,7 @@ pub fn copy(index: usize) -> Option<&'static Copy> {
 }
 
 fn index_of_base(base: usize) -> Option<usize> {
-    all_slots()
-        .find(|(_, c)| c.base == base)
-        .map(|(i, c)| (i, c.state.load(Acquire)))
-        .and_then(|(i, st)| (st != REJECTED).then_some(i))
+    copies().find(|(_, c)| c.base == base).map(|(i, _)| i)
 }
 
 fn known_base(base: usize) -> bool {
@@ -436,7 +447,7 @@ fn publish_pending(c: &Candidate) -> Option<usize> {
         get: AtomicUsize::new(0),
         set: AtomicUsize::new(0),
         budget_applied: AtomicBool::new(false),
-        stats: Stats::default(),
+        stats: Stats::new(),
         blas_config: AtomicU32::new(0),
         blas_current: AtomicU32::new(0),
         blas_parallel: AtomicU32::new(0),
@@ -504,19 +515,7 @@ fn confirm(index: usize, c: &Copy) {
     c.handle.store(handle as usize, Relaxed);
     c.get.store(sym(row.get), Release);
     c.set.store(sym(row.set), Release);
-    if row.imp == Impl::Openblas {
-        c.parallel_fn.store(
-            sym(&[
-                c"openblas_get_parallel",
-                c"openblas_get_parallel64_",
-                c"openblas_get_parallel_64",
-                c"scipy_openblas_get_parallel",
-                c"scipy_openblas_get_parallel64_",
-                c"scipy_openblas_get_parallel_64",
-            ]),
-            Release,
-        );
-    }
+    c.parallel_fn.store(sym(row.model), Release);
     c.state.store(CONFIRMED, Release);
     info!(
         "runtime_found impl={} kind={} path={}",
@@ -676,28 +675,9 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
     refresh();
     // SAFETY: RTLD_NEXT lookup of a NUL-terminated name.
     let mut real = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    if real == 0 {
-        let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-        // SAFETY: dladdr only reads loader tables.
-        if ret != 0
-            && unsafe { libc::dladdr(ret as *const c_void, &mut info) } != 0
-            && !info.dli_fname.is_null()
-        {
-            // SAFETY: NOLOAD maps nothing new; the handle is closed right away
-            // (the caller object stays loaded: it is executing this call).
-            let h = unsafe {
-                libc::dlopen(
-                    info.dli_fname as *const c_char,
-                    libc::RTLD_NOLOAD | libc::RTLD_LAZY,
-                )
-            };
-            if !h.is_null() {
-                // SAFETY: valid handle and name.
-                real = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
-                // SAFETY: releases the reference taken above.
-                unsafe { libc::dlclose(h) };
-            }
-        }
+    if real == 0 && ret != 0 {
+        // The caller object stays loaded: it is executing this call.
+        real = dlsym_in(object_name(ret).as_cstr(), name);
     }
     if real == 0 || owner_base(real) == Some(our_base()) {
         // The caller holds a pointer to our hook that another object took
@@ -714,15 +694,33 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
         return None;
     }
     let base = owner_base(real);
-    let copy = base.and_then(|b| index_of_base(b).or_else(|| register_owner(real, b)));
+    let copy = base.and_then(|b| index_of_base(b).or_else(|| register_owner(b)));
     // A runtime we could not register yet (another thread was registering) is
     // not cached as "no copy": fork protection and stats need the copy.
-    let cacheable = copy.is_some() || !owner_is_runtime(real);
+    let cacheable = copy.is_some() || row_for_path(object_name(real).as_bytes()).is_none();
     Some((Target { real, copy }, cacheable))
 }
 
+/// `dlsym(name)` in the scope of the loaded object at `path` (0 if none).
+/// The NOLOAD reference is dropped at once.
+fn dlsym_in(path: Option<&CStr>, name: &CStr) -> usize {
+    let Some(path) = path.filter(|p| !p.is_empty()) else {
+        return 0;
+    };
+    // SAFETY: NOLOAD maps nothing new; the handle is closed right away.
+    let h = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
+    if h.is_null() {
+        return 0;
+    }
+    // SAFETY: valid handle and name; then our reference is released.
+    let p = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
+    unsafe { libc::dlclose(h) };
+    p
+}
+
 /// A definition of `name` in any loaded object but ours: the registered
-/// runtime copies first, then every object in load order.
+/// runtime copies first, then every object in load order. A slow path that
+/// runs once per call site, only when the caller's scope has no definition.
 fn search_loaded(name: &CStr) -> usize {
     let ours = our_base();
     for (_, c) in copies() {
@@ -735,107 +733,64 @@ fn search_loaded(name: &CStr) -> usize {
             }
         }
     }
-    struct Found {
+    /// Paths of the objects after the first `skip` named ones, 16 at a time:
+    /// collected inside the callback, looked up outside it (dlopen must not
+    /// run while the loader's list lock is held).
+    struct Batch {
         paths: [StackBuf<PATH_LEN>; 16],
         n: usize,
         skip: usize,
+        ours: usize,
     }
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: usize,
         data: *mut c_void,
     ) -> c_int {
-        // SAFETY: glibc passes a valid info; `data` is our Found.
-        let (info, f) = unsafe { (&*info, &mut *(data as *mut Found)) };
-        if info.dlpi_name.is_null() || info.dlpi_addr as usize == f.skip || f.n == f.paths.len() {
+        // SAFETY: glibc passes a valid info; `data` is our Batch.
+        let (info, b) = unsafe { (&*info, &mut *(data as *mut Batch)) };
+        if info.dlpi_name.is_null() || info.dlpi_addr as usize == b.ours {
             return 0;
         }
         // SAFETY: a NUL-terminated loader string.
         let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes();
-        if name.contains(&b'/') {
-            f.paths[f.n].push_bytes(name);
-            f.n += 1;
-        }
-        0
-    }
-    // Collect paths first (no dlopen inside the callback: the list lock is
-    // held), 16 objects per pass; a slow path that runs once per call site.
-    let mut seen = 0usize;
-    loop {
-        let mut batch = Found {
-            paths: [const { StackBuf::new() }; 16],
-            n: 0,
-            skip: ours,
-        };
-        let mut all = AllPaths {
-            skip_first: seen,
-            inner: &mut batch,
-        };
-        // SAFETY: the callback only copies names into our buffers.
-        unsafe { libc::dl_iterate_phdr(Some(each_skip), (&mut all as *mut AllPaths).cast()) };
-        if batch.n == 0 {
+        if !name.contains(&b'/') {
             return 0;
         }
-        for p in batch.paths.iter_mut().take(batch.n) {
-            let Some(c) = p.as_cstr() else { continue };
-            // SAFETY: NOLOAD maps nothing new; closed right away.
-            let h = unsafe { libc::dlopen(c.as_ptr(), libc::RTLD_NOLOAD | libc::RTLD_LAZY) };
-            if h.is_null() {
-                continue;
-            }
-            // SAFETY: valid handle and name.
-            let sym = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
-            // SAFETY: releases our reference.
-            unsafe { libc::dlclose(h) };
+        if b.skip > 0 {
+            b.skip -= 1;
+            return 0;
+        }
+        b.paths[b.n].push_bytes(name);
+        b.n += 1;
+        i32::from(b.n == b.paths.len()) // full: stop
+    }
+    let mut done = 0;
+    loop {
+        let mut b = Batch {
+            paths: [const { StackBuf::new() }; 16],
+            n: 0,
+            skip: done,
+            ours,
+        };
+        // SAFETY: the callback only copies names into `b`.
+        unsafe { libc::dl_iterate_phdr(Some(each), (&mut b as *mut Batch).cast()) };
+        for p in b.paths.iter_mut().take(b.n) {
+            let sym = dlsym_in(p.as_cstr(), name);
             if sym != 0 && owner_base(sym) != Some(ours) {
                 return sym;
             }
         }
-        seen += batch.n;
-    }
-
-    struct AllPaths<'a> {
-        skip_first: usize,
-        inner: &'a mut Found,
-    }
-    unsafe extern "C" fn each_skip(
-        info: *mut libc::dl_phdr_info,
-        size: usize,
-        data: *mut c_void,
-    ) -> c_int {
-        // SAFETY: `data` is our AllPaths.
-        let all = unsafe { &mut *(data as *mut AllPaths) };
-        // SAFETY: as above.
-        let named = unsafe {
-            !(*info).dlpi_name.is_null()
-                && CStr::from_ptr((*info).dlpi_name).to_bytes().contains(&b'/')
-                && (*info).dlpi_addr as usize != all.inner.skip
-        };
-        if !named {
+        if b.n < b.paths.len() {
             return 0;
         }
-        if all.skip_first > 0 {
-            all.skip_first -= 1;
-            return 0;
-        }
-        // SAFETY: forwarding the same arguments.
-        unsafe { each(info, size, (all.inner as *mut Found).cast()) }
+        done += b.n;
     }
 }
 
-fn owner_is_runtime(addr: usize) -> bool {
-    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: dladdr only reads loader tables.
-    if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 || info.dli_fname.is_null() {
-        return false;
-    }
-    // SAFETY: a NUL-terminated loader string.
-    row_for_path(unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes()).is_some()
-}
-
-/// Registers the object defining `addr` (a copy the last scan did not see,
+/// Registers the object loaded at `base` (a copy the last scan did not see,
 /// e.g. loaded a moment ago). Safe contexts only.
-fn register_owner(_addr: usize, base: usize) -> Option<usize> {
+fn register_owner(base: usize) -> Option<usize> {
     REGISTRY.seen_adds.store(0, Release); // force a rescan
     let mut spins = 0;
     loop {

@@ -32,4 +32,14 @@ pub const ROWS: &[Row] = &[Row {
         c"scipy_openblas_set_num_threads64_",
         c"scipy_openblas_set_num_threads_64",
     ],
+    // 0 sequential, 1 pthreads, 2 OpenMP: only pthreads builds are sized per
+    // call (hooks::blas); OpenMP builds go through the region hooks.
+    model: &[
+        c"openblas_get_parallel",
+        c"openblas_get_parallel64_",
+        c"openblas_get_parallel_64",
+        c"scipy_openblas_get_parallel",
+        c"scipy_openblas_get_parallel64_",
+        c"scipy_openblas_get_parallel_64",
+    ],
 }];

@@ -13,6 +13,7 @@ pub const ROWS: &[Row] = &[
         confirm: &[c"omp_get_max_threads"],
         get: &[c"omp_get_max_threads"],
         set: &[c"omp_set_num_threads"],
+        model: &[],
     },
     Row {
         imp: Impl::Libomp,
@@ -20,6 +21,7 @@ pub const ROWS: &[Row] = &[
         confirm: &[c"omp_get_max_threads"],
         get: &[c"omp_get_max_threads"],
         set: &[c"omp_set_num_threads"],
+        model: &[],
     },
     Row {
         imp: Impl::Libgomp,
@@ -27,5 +29,6 @@ pub const ROWS: &[Row] = &[
         confirm: &[c"GOMP_parallel", c"omp_get_max_threads"],
         get: &[c"omp_get_max_threads"],
         set: &[c"omp_set_num_threads"],
+        model: &[],
     },
 ];
