@@ -9,6 +9,7 @@ mod budget;
 mod config;
 mod conflicts;
 mod exportenv;
+mod flag;
 mod hooks;
 mod init;
 mod ledger;

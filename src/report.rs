@@ -9,6 +9,7 @@
 //! regions, mean_team, requests_cut}], other_threads: {created, live, peak},
 //! warnings: [{kind, message}]}`
 
+use crate::flag::Flag;
 use crate::hooks::fork::KNOWN_PID;
 use crate::hooks::threads::OTHER;
 use crate::init::Settings;
@@ -16,7 +17,7 @@ use crate::runtime;
 use crate::stackbuf::StackBuf;
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
 
 const MAX_WARNINGS: usize = 32;
 const MSG_LEN: usize = 600;
@@ -30,7 +31,7 @@ struct Warning {
 struct Warnings {
     slots: [UnsafeCell<Warning>; MAX_WARNINGS],
     count: AtomicUsize,
-    writer: AtomicBool,
+    writer: Flag,
 }
 
 // SAFETY: a slot is written under `writer` before `count` publishes it and is
@@ -46,19 +47,15 @@ static WARNINGS: Warnings = Warnings {
         })
     }; MAX_WARNINGS],
     count: AtomicUsize::new(0),
-    writer: AtomicBool::new(false),
+    writer: Flag::new(),
 };
 
 /// Records a warning for the report (the caller logs its own line).
 pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
-    let mut spins = 0;
-    while WARNINGS.writer.swap(true, Acquire) {
-        spins += 1;
-        if spins > 10_000 {
-            return; // A writer died mid-write (fork); losing one entry beats hanging.
-        }
-        core::hint::spin_loop();
-    }
+    // Bounded: losing one entry beats hanging behind a stuck writer.
+    let Some(_held) = WARNINGS.writer.take(10_000) else {
+        return;
+    };
     let n = WARNINGS.count.load(Relaxed);
     if n < MAX_WARNINGS {
         let mut b = StackBuf::<MSG_LEN>::new();
@@ -70,14 +67,13 @@ pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
         w.msg[..b.len()].copy_from_slice(b.as_bytes());
         WARNINGS.count.store(n + 1, Release);
     }
-    WARNINGS.writer.store(false, Release);
 }
 
 /// Atfork child handler: the child's report lists the child's own warnings
 /// (an atomic store; a slot being written by a vanished thread is dropped).
 pub fn reset_in_child() {
     WARNINGS.count.store(0, Relaxed);
-    WARNINGS.writer.store(false, Relaxed);
+    WARNINGS.writer.reset_in_child();
 }
 
 fn warnings() -> impl Iterator<Item = (&'static str, &'static [u8])> {

@@ -21,7 +21,7 @@ use super::{call, cname, fenced, resolve_or_abort, take_caller, trampoline, tram
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::ffi::CStr;
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use core::sync::atomic::Ordering::Relaxed;
 use log::debug;
 
 type P = *mut core::ffi::c_void;
@@ -43,23 +43,11 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> (usize, Grant) {
         // Read, decide and set under the copy's lock: the count is
         // process-wide, and without the lock a stale "current" would look
         // like someone else's setting.
-        let mut spins = 0u32;
-        while c.blas_lock.swap(true, Acquire) {
-            spins += 1;
-            if spins > 64 {
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
-            } else {
-                core::hint::spin_loop();
-            }
-        }
-        struct Unlock<'a>(&'a core::sync::atomic::AtomicBool);
-        impl Drop for Unlock<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Release);
-            }
-        }
-        let _unlock = Unlock(&c.blas_lock);
+        // Held only for a get and a set; if it cannot be had the call
+        // passes through unsized rather than wait.
+        let Some(_held) = c.blas_lock.take(10_000) else {
+            return Grant::default();
+        };
         let cur = c.get_threads().unwrap_or(1).clamp(1, i64::from(u32::MAX)) as u32;
         let last = c.blas_current.load(Relaxed);
         if last == 0 || cur != last {

@@ -49,12 +49,10 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
 /// stays (it is reused, and dead members' slots are reclaimed).
 pub fn at_exit() {
     if shared::leave_tree() {
-        if let Some(name) =
+        if let Some(mut name) =
             crate::config::getenv(c"PARBUDGET_LEDGER").filter(|n| is_generated(n.as_bytes()))
         {
-            let mut n = StackBuf::<256>::new();
-            n.push_bytes(name.as_bytes());
-            if let Some(c) = n.as_cstr() {
+            if let Some(c) = name.as_cstr() {
                 // SAFETY: removing the name only; members keep their mappings.
                 unsafe { libc::shm_unlink(c.as_ptr()) };
             }

@@ -333,18 +333,21 @@ pub fn leave_tree() -> bool {
     let Some(l) = Locked::new(h) else {
         return false;
     };
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == pid {
-        let s = &l.0.slots[i];
+    let s = &l.0.slots[i];
+    if s.pid.load(Relaxed) == pid_now() {
         let held = s.held.swap(0, Relaxed);
         h.used
             .store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
         s.pid.store(0, Relaxed);
     }
-    l.0.slots.iter().all(|s| {
-        let p = s.pid.load(Relaxed);
-        p == 0 || !alive(p, s.start_time.load(Relaxed))
+    no_live_member(l.0)
+}
+
+/// True when every slot is free or belongs to a dead process.
+fn no_live_member(h: &Header) -> bool {
+    h.slots.iter().all(|s| {
+        let pid = s.pid.load(Relaxed);
+        pid == 0 || !alive(pid, s.start_time.load(Relaxed))
     })
 }
 
@@ -563,11 +566,7 @@ pub fn abandoned(name: &[u8]) -> bool {
         if p != libc::MAP_FAILED {
             // SAFETY: reading the mapped header.
             let h = unsafe { &*(p as *const Header) };
-            empty = h.magic == MAGIC
-                && h.slots.iter().all(|s| {
-                    let pid = s.pid.load(Relaxed);
-                    pid == 0 || !alive(pid, s.start_time.load(Relaxed))
-                });
+            empty = h.magic == MAGIC && no_live_member(h);
             // SAFETY: unmapping what we mapped.
             unsafe { libc::munmap(p, SIZE) };
         }

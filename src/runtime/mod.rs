@@ -17,6 +17,7 @@ pub mod mkl;
 pub mod openblas;
 pub mod openmp;
 
+use crate::flag::Flag;
 use crate::stackbuf::{Quoted, StackBuf};
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_int, c_void};
@@ -189,8 +190,8 @@ pub struct Copy {
     pub blas_parallel: AtomicU32,
     parallel_fn: AtomicUsize,
     /// Serialises "read the count, decide, set it" of per-call BLAS sizing:
-    /// OpenBLAS's count is process-wide. A flag, reset in a forked child.
-    pub blas_lock: AtomicBool,
+    /// OpenBLAS's count is process-wide.
+    pub blas_lock: Flag,
 }
 
 impl Copy {
@@ -256,10 +257,9 @@ impl Copy {
 struct Registry {
     slots: [UnsafeCell<MaybeUninit<Copy>>; MAX_COPIES],
     count: AtomicUsize,
-    /// Writer flag. A plain flag, not a mutex, so the atfork child handler can
-    /// clear it: the thread that held it does not exist in the child, and a
-    /// half-written slot is invisible because `count` was not bumped.
-    writer: AtomicBool,
+    /// Writer flag (see `flag`): a half-written slot is invisible because
+    /// `count` was not bumped.
+    writer: Flag,
     /// The loader's `dlpi_adds` when we last scanned.
     seen_adds: AtomicU64,
 }
@@ -271,7 +271,7 @@ unsafe impl Sync for Registry {}
 static REGISTRY: Registry = Registry {
     slots: [const { UnsafeCell::new(MaybeUninit::uninit()) }; MAX_COPIES],
     count: AtomicUsize::new(0),
-    writer: AtomicBool::new(false),
+    writer: Flag::new(),
     seen_adds: AtomicU64::new(0),
 };
 
@@ -305,9 +305,9 @@ fn known_base(base: usize) -> bool {
 
 /// For the atfork child handler: only clears flags (see `Registry::writer`).
 pub fn reset_writer_in_child() {
-    REGISTRY.writer.store(false, Relaxed);
+    REGISTRY.writer.reset_in_child();
     for (_, c) in all_slots() {
-        c.blas_lock.store(false, Relaxed);
+        c.blas_lock.reset_in_child();
     }
 }
 
@@ -376,9 +376,9 @@ fn scan() {
     if adds == REGISTRY.seen_adds.load(Acquire) {
         return;
     }
-    if REGISTRY.writer.swap(true, Acquire) {
+    let Some(_writer) = REGISTRY.writer.try_take() else {
         return; // Another thread is scanning; our caller can proceed without.
-    }
+    };
     REGISTRY.seen_adds.store(adds, Release);
 
     unsafe extern "C" fn each(
@@ -425,7 +425,6 @@ fn scan() {
         let c = unsafe { scan.found[i].assume_init_read() };
         publish_pending(&c);
     }
-    REGISTRY.writer.store(false, Release);
 }
 
 /// Publishes a copy seen by `dl_iterate_phdr`, unconfirmed. Caller holds the
@@ -452,7 +451,7 @@ fn publish_pending(c: &Candidate) -> Option<usize> {
         blas_current: AtomicU32::new(0),
         blas_parallel: AtomicU32::new(0),
         parallel_fn: AtomicUsize::new(0),
-        blas_lock: AtomicBool::new(false),
+        blas_lock: Flag::new(),
     };
     copy.path[..c.path.len()].copy_from_slice(c.path.as_bytes());
     // SAFETY: slot `n` is unpublished and we hold the writer flag.
@@ -467,15 +466,14 @@ pub fn confirm_pending() {
     if !all_slots().any(|(_, c)| c.state.load(Acquire) == PENDING) {
         return;
     }
-    if REGISTRY.writer.swap(true, Acquire) {
+    let Some(_writer) = REGISTRY.writer.try_take() else {
         return;
-    }
+    };
     for (i, c) in all_slots() {
         if c.state.load(Acquire) == PENDING {
             confirm(i, c);
         }
     }
-    REGISTRY.writer.store(false, Release);
 }
 
 /// Confirms one pending copy by symbols and resolves its functions. Caller
