@@ -56,11 +56,17 @@ impl Log for RawLogger {
     fn flush(&self) {}
 }
 
-/// Writes all of `bytes` to fd 2, retrying short writes and EINTR.
-pub fn write_stderr(mut bytes: &[u8]) {
+/// Writes all of `bytes` to fd 2 (see `write_all`).
+pub fn write_stderr(bytes: &[u8]) {
+    write_all(2, bytes);
+}
+
+/// Writes all of `bytes` to `fd` with write(2), retrying short writes and
+/// EINTR; stops on any other error. Async-signal-safe.
+pub fn write_all(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        // SAFETY: writes from a valid slice; fd 2 may be closed, then we stop.
-        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        // SAFETY: writes from a valid slice; a closed fd just ends the loop.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
         if n < 0 {
             // SAFETY: reading errno of this thread.
             if unsafe { *libc::__errno_location() } == libc::EINTR {

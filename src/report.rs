@@ -13,6 +13,7 @@ use crate::flag::Flag;
 use crate::hooks::fork::KNOWN_PID;
 use crate::hooks::threads::OTHER;
 use crate::init::Settings;
+use crate::logging::write_all;
 use crate::runtime;
 use crate::stackbuf::StackBuf;
 use core::cell::UnsafeCell;
@@ -97,7 +98,7 @@ impl Write for Out {
             self.flush();
         }
         if s.len() > 4000 {
-            raw_write(self.fd, s.as_bytes());
+            write_all(self.fd, s.as_bytes());
         } else {
             self.buf.push_bytes(s.as_bytes());
         }
@@ -107,23 +108,8 @@ impl Write for Out {
 
 impl Out {
     fn flush(&mut self) {
-        raw_write(self.fd, self.buf.as_bytes());
+        write_all(self.fd, self.buf.as_bytes());
         self.buf.clear();
-    }
-}
-
-fn raw_write(fd: i32, mut b: &[u8]) {
-    while !b.is_empty() {
-        // SAFETY: writing from a valid slice.
-        let n = unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) };
-        if n <= 0 {
-            // SAFETY: errno of this thread.
-            if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
-                continue;
-            }
-            return;
-        }
-        b = &b[n as usize..];
     }
 }
 
@@ -313,7 +299,7 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
         let _ = write!(line, "parbudget[{}] WARN report_failed path=", pid);
         line.push_bytes(c.to_bytes());
         line.push_bytes(b"\n");
-        raw_write(2, line.as_bytes());
+        write_all(2, line.as_bytes());
         return;
     }
     let mut o = Out {
