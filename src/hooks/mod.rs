@@ -42,6 +42,33 @@ pub fn take_caller() -> usize {
     CALLER.with(|c| c.replace(0))
 }
 
+// The x86-64 register save/restore sequences of the trampolines (here and
+// `__kmpc_fork_call` in regions.rs), named once. Seven pushes: the six
+// integer argument registers and rax (the vector-register count of variadic
+// calls); with the return address that leaves rsp = 0 (mod 16) for a call.
+macro_rules! save_args {
+    () => {
+        "push rdi\npush rsi\npush rdx\npush rcx\npush r8\npush r9\npush rax"
+    };
+}
+macro_rules! restore_args {
+    () => {
+        "pop rax\npop r9\npop r8\npop rcx\npop rdx\npop rsi\npop rdi"
+    };
+}
+// xmm0-7 (floating-point and vector arguments), 128 bytes: alignment kept.
+macro_rules! save_xmm {
+    () => {
+        "sub rsp, 128\nmovdqu [rsp + 0], xmm0\nmovdqu [rsp + 16], xmm1\nmovdqu [rsp + 32], xmm2\nmovdqu [rsp + 48], xmm3\nmovdqu [rsp + 64], xmm4\nmovdqu [rsp + 80], xmm5\nmovdqu [rsp + 96], xmm6\nmovdqu [rsp + 112], xmm7"
+    };
+}
+macro_rules! restore_xmm {
+    () => {
+        "movdqu xmm0, [rsp + 0]\nmovdqu xmm1, [rsp + 16]\nmovdqu xmm2, [rsp + 32]\nmovdqu xmm3, [rsp + 48]\nmovdqu xmm4, [rsp + 64]\nmovdqu xmm5, [rsp + 80]\nmovdqu xmm6, [rsp + 96]\nmovdqu xmm7, [rsp + 112]\nadd rsp, 128"
+    };
+}
+pub(crate) use {restore_args, restore_xmm, save_args, save_xmm};
+
 /// Defines an exported symbol `$name` as a trampoline into `$body`, which must
 /// be an `unsafe extern "C" fn` with the real function's signature.
 ///
@@ -57,22 +84,10 @@ macro_rules! trampoline {
         #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                "push rdi",
-                "push rsi",
-                "push rdx",
-                "push rcx",
-                "push r8",
-                "push r9",
-                "push rax",
+                $crate::hooks::save_args!(),
                 "mov rdi, [rsp + 56]",
                 "call {save}",
-                "pop rax",
-                "pop r9",
-                "pop r8",
-                "pop rcx",
-                "pop rdx",
-                "pop rsi",
-                "pop rdi",
+                $crate::hooks::restore_args!(),
                 "jmp {body}",
                 save = sym $crate::hooks::save_caller,
                 body = sym $body,
@@ -120,40 +135,12 @@ macro_rules! trampoline_fp {
         #[allow(non_snake_case)] // the runtimes' own symbol names
         pub unsafe extern "C" fn $name() {
             core::arch::naked_asm!(
-                "push rdi",
-                "push rsi",
-                "push rdx",
-                "push rcx",
-                "push r8",
-                "push r9",
-                "push rax",
-                "sub rsp, 128",
-                "movdqu [rsp + 0], xmm0",
-                "movdqu [rsp + 16], xmm1",
-                "movdqu [rsp + 32], xmm2",
-                "movdqu [rsp + 48], xmm3",
-                "movdqu [rsp + 64], xmm4",
-                "movdqu [rsp + 80], xmm5",
-                "movdqu [rsp + 96], xmm6",
-                "movdqu [rsp + 112], xmm7",
+                $crate::hooks::save_args!(),
+                $crate::hooks::save_xmm!(),
                 "mov rdi, [rsp + 184]",
                 "call {save}",
-                "movdqu xmm0, [rsp + 0]",
-                "movdqu xmm1, [rsp + 16]",
-                "movdqu xmm2, [rsp + 32]",
-                "movdqu xmm3, [rsp + 48]",
-                "movdqu xmm4, [rsp + 64]",
-                "movdqu xmm5, [rsp + 80]",
-                "movdqu xmm6, [rsp + 96]",
-                "movdqu xmm7, [rsp + 112]",
-                "add rsp, 128",
-                "pop rax",
-                "pop r9",
-                "pop r8",
-                "pop rcx",
-                "pop rdx",
-                "pop rsi",
-                "pop rdi",
+                $crate::hooks::restore_xmm!(),
+                $crate::hooks::restore_args!(),
                 "jmp {body}",
                 save = sym $crate::hooks::save_caller,
                 body = sym $body,

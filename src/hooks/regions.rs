@@ -4,7 +4,10 @@
 //! ledger: the caller plus the extra workers free right now.
 
 use super::grant::{self, GiveBack, Grant};
-use super::{call, cname, fenced, fork, resolve_or_abort, take_caller, trampoline};
+use super::{
+    call, cname, fenced, fork, resolve_or_abort, restore_args, restore_xmm, save_args, save_xmm,
+    take_caller, trampoline,
+};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
@@ -366,43 +369,15 @@ pub unsafe extern "C" fn __kmpc_fork_call() {
     core::arch::naked_asm!(
         // Save every argument register (7 pushes: rsp = 0 mod 16) and xmm0-7
         // (a variadic call may pass vector registers; al counts them).
-        "push rdi",
-        "push rsi",
-        "push rdx",
-        "push rcx",
-        "push r8",
-        "push r9",
-        "push rax",
-        "sub rsp, 128",
-        "movdqu [rsp + 0], xmm0",
-        "movdqu [rsp + 16], xmm1",
-        "movdqu [rsp + 32], xmm2",
-        "movdqu [rsp + 48], xmm3",
-        "movdqu [rsp + 64], xmm4",
-        "movdqu [rsp + 80], xmm5",
-        "movdqu [rsp + 96], xmm6",
-        "movdqu [rsp + 112], xmm7",
+        save_args!(),
+        save_xmm!(),
         "mov rdi, [rsp + 184]", // return address
         "mov rsi, [rsp + 176]", // loc (the saved rdi)
         "call {pre}",
         "mov r11, rax",
         "mov r10, rdx",
-        "movdqu xmm0, [rsp + 0]",
-        "movdqu xmm1, [rsp + 16]",
-        "movdqu xmm2, [rsp + 32]",
-        "movdqu xmm3, [rsp + 48]",
-        "movdqu xmm4, [rsp + 64]",
-        "movdqu xmm5, [rsp + 80]",
-        "movdqu xmm6, [rsp + 96]",
-        "movdqu xmm7, [rsp + 112]",
-        "add rsp, 128",
-        "pop rax",
-        "pop r9",
-        "pop r8",
-        "pop rcx",
-        "pop rdx",
-        "pop rsi",
-        "pop rdi",
+        restore_xmm!(),
+        restore_args!(),
         // The region returns to the landing pad below instead of the caller
         // (unless kmpc_pre said not to track this one).
         "test r10, r10",
