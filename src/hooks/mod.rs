@@ -70,64 +70,14 @@ macro_rules! restore_xmm {
 pub(crate) use {restore_args, restore_xmm, save_args, save_xmm};
 
 /// Defines an exported symbol `$name` as a trampoline into `$body`, which must
-/// be an `unsafe extern "C" fn` with the real function's signature.
+/// be an `unsafe extern "C-unwind" fn` with the real function's signature.
 ///
-/// x86-64: at entry rsp = 8 (mod 16). We push the six integer argument
-/// registers and rax (the vector-register count of variadic calls): seven
-/// pushes leave rsp = 0 (mod 16), as a call requires. The hooked functions take
-/// no floating-point arguments, so xmm registers need no saving.
+/// Every argument register is saved around `save_caller`, integer and vector
+/// alike (CBLAS passes alpha/beta in xmm0/xmm1; variadic calls count vector
+/// registers in al), so one trampoline fits every hooked signature.
+/// x86-64: at entry rsp = 8 (mod 16); 7 pushes plus 128 bytes of xmm leave
+/// rsp = 0 (mod 16) for the call, and the return address at rsp + 184.
 macro_rules! trampoline {
-    ($name:ident => $body:path) => {
-        #[cfg(target_arch = "x86_64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            core::arch::naked_asm!(
-                $crate::hooks::save_args!(),
-                "mov rdi, [rsp + 56]",
-                "call {save}",
-                $crate::hooks::restore_args!(),
-                "jmp {body}",
-                save = sym $crate::hooks::save_caller,
-                body = sym $body,
-            );
-        }
-        #[cfg(target_arch = "aarch64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            // x0-x7 carry arguments, x8 the indirect-result pointer; x30 is the
-            // return address. 80 bytes keeps sp 16-byte aligned.
-            core::arch::naked_asm!(
-                "sub sp, sp, #96",
-                "stp x0, x1, [sp, #0]",
-                "stp x2, x3, [sp, #16]",
-                "stp x4, x5, [sp, #32]",
-                "stp x6, x7, [sp, #48]",
-                "stp x8, x30, [sp, #64]",
-                "mov x0, x30",
-                "bl {save}",
-                "ldp x0, x1, [sp, #0]",
-                "ldp x2, x3, [sp, #16]",
-                "ldp x4, x5, [sp, #32]",
-                "ldp x6, x7, [sp, #48]",
-                "ldp x8, x30, [sp, #64]",
-                "add sp, sp, #96",
-                "b {body}",
-                save = sym $crate::hooks::save_caller,
-                body = sym $body,
-            );
-        }
-    };
-}
-pub(crate) use trampoline;
-
-/// Like [`trampoline!`], for functions with floating-point arguments (CBLAS's
-/// alpha/beta): xmm0-7 are saved too, since `save_caller` may clobber them.
-/// x86-64: 7 pushes (rsp = 0 mod 16) plus 128 bytes keep the call aligned.
-macro_rules! trampoline_fp {
     ($name:ident => $body:path) => {
         #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
@@ -182,7 +132,7 @@ macro_rules! trampoline_fp {
         }
     };
 }
-pub(crate) use trampoline_fp;
+pub(crate) use trampoline;
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("parbudget's trampolines exist for x86_64 and aarch64 only");

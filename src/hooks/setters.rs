@@ -1,7 +1,7 @@
 //! Thread-count setters of every runtime kind: a request above the budget is
 //! clamped (one info line), then forwarded to the caller's own runtime copy.
 
-use super::{cname, fenced, take_caller, trampoline};
+use super::{call, cname, fenced, take_caller, trampoline};
 use crate::runtime::{self, Target};
 use crate::stackbuf::Quoted;
 use core::ffi::{CStr, c_int};
@@ -56,14 +56,12 @@ macro_rules! setter {
         setter!($id, $name, $body, $arg, (), ());
     };
     ($id:expr, $name:ident, $body:ident, $arg:ty, $ret:ty, $zero:expr) => {
-        unsafe extern "C" fn $body(n: $arg) -> $ret {
+        unsafe extern "C-unwind" fn $body(n: $arg) -> $ret {
             let ret = take_caller();
             let name = cname(concat!(stringify!($name), "\0"));
             let (target, n) = clamp(ret, $id, name, n as i64);
             match target {
-                // SAFETY: `real` was resolved by name from the caller's own
-                // scope, so it has the signature the caller used for us.
-                Some(t) => unsafe { core::mem::transmute::<usize, extern "C" fn($arg) -> $ret>(t.real)(n as $arg) },
+                Some(t) => call!(t.real, fn($arg) -> $ret, n as $arg),
                 None => $zero,
             }
         }
