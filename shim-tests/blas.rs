@@ -3,14 +3,6 @@
 
 use crate::support::*;
 
-fn py(script: &str) -> String {
-    root()
-        .join("shim-tests/py")
-        .join(script)
-        .display()
-        .to_string()
-}
-
 fn openblas_of(rep: &serde_json::Value) -> serde_json::Value {
     runtimes_of(rep, "openblas")
         .into_iter()
@@ -21,10 +13,7 @@ fn openblas_of(rep: &serde_json::Value) -> serde_json::Value {
 
 fn report_run(c: Cmd, name: &str) -> (Run, Vec<serde_json::Value>) {
     let dir = tempdir(name);
-    let r = c
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
-        .timeout(180)
-        .run();
+    let r = c.report_into(&dir).timeout(180).run();
     r.ok();
     let reps = reports(&dir);
     (r, reps)

@@ -96,7 +96,7 @@ fn constructor_threads_before_ours_are_safe_and_rpath_origin_still_works() {
     let r = cmd(&fixture("early_main"), &[])
         .shim()
         .cores(1)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .run();
     r.ok();
     assert_eq!(r.int("early_threads"), 3);
@@ -136,7 +136,7 @@ fn budget_is_exported_to_later_libraries_and_children() {
 fn affinity_mask_sets_the_budget_when_unset() {
     let dir = tempdir("affinity");
     let r = cmd("taskset", &["-c", "0", &fixture("omp_teams_gcc"), "0"])
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .shim()
         .run();
     r.ok();

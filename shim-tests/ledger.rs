@@ -46,7 +46,7 @@ fn llvm_libomp_regions_are_sized_by_the_ledger_too() {
     let r = cmd(&fixture("regions_clang"), &["500", "4096"])
         .shim()
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .run();
     r.ok();
     let rep = &reports(&dir)[0];
@@ -294,7 +294,7 @@ fn scikit_learn_vendored_libgomp_beside_the_system_one() {
     let r = cmd(&python(), &["-c", &code])
         .shim()
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .timeout(120)
         .run();
     r.ok();

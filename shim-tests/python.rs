@@ -2,14 +2,6 @@
 
 use crate::support::*;
 
-fn py(script: &str) -> String {
-    root()
-        .join("shim-tests/py")
-        .join(script)
-        .display()
-        .to_string()
-}
-
 #[test]
 fn numpy_openblas_and_ctypes_libgomp_loaded_later_obey_budget_1() {
     let lib = fixture("libregions.so");
@@ -117,7 +109,7 @@ fn multiprocessing_fork_after_scikit_learn_vendored_libgomp_completes() {
     let r = cmd(&python(), &[&py("mp_fork.py"), "sklearn"])
         .shim()
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .timeout(120)
         .run();
     r.ok();

@@ -9,7 +9,7 @@ fn four_program_threads_and_libgomp_workers_are_attributed() {
     let r = cmd(&fixture("threads_omp_gcc"), &["4", "50"])
         .shim()
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .run();
     r.ok();
     let reps = reports(&dir);
@@ -71,7 +71,7 @@ fn gcc_program_with_libomp_preloaded_warns_of_the_conflict() {
     let r = cmd(&fixture("omp_teams_gcc"), &["0"])
         .env("LD_PRELOAD", &format!("{}:{libomp}", shim().display()))
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .run();
     r.ok();
     let warn: Vec<_> = r
@@ -101,7 +101,7 @@ fn forked_children_write_their_own_report() {
     let r = cmd(&fixture("fork_gomp_gcc"), &["both"])
         .shim()
         .cores(2)
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .timeout(40)
         .run();
     r.ok();
@@ -131,7 +131,7 @@ fn thread_storm_is_counted_exactly() {
     let dir = tempdir("storm");
     let r = cmd(&fixture("thread_storm"), &["4", "2500"])
         .shim()
-        .env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
+        .report_into(&dir)
         .timeout(120)
         .run();
     r.ok();

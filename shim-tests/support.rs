@@ -90,6 +90,15 @@ pub fn python() -> String {
     p.display().to_string()
 }
 
+/// A Python script of the suite (shim-tests/py/).
+pub fn py(script: &str) -> String {
+    root()
+        .join("shim-tests/py")
+        .join(script)
+        .display()
+        .to_string()
+}
+
 pub struct Run {
     pub stdout: String,
     pub stderr: String,
@@ -183,6 +192,10 @@ impl Cmd {
     }
     pub fn cores(self, n: u32) -> Self {
         self.env("PARBUDGET_CORES", &n.to_string())
+    }
+    /// JSON reports of this process and its children into `dir` (r-PID.json).
+    pub fn report_into(self, dir: &Path) -> Self {
+        self.env("PARBUDGET_REPORT", &format!("{}/r-%p.json", dir.display()))
     }
     pub fn timeout(mut self, secs: u64) -> Self {
         self.timeout = Duration::from_secs(secs);
