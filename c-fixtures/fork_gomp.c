@@ -12,21 +12,31 @@
 #include <time.h>
 #include <unistd.h>
 
+/* 1 while every region so far summed 0..9999 right (a team that is not
+ * what the body counts on, or a broken pool, shows here). */
+static int g_sum_ok = 1;
+
 static int region(int clause) {
     int t = 0;
+    long s = 0;
     if (clause > 0) {
-#pragma omp parallel num_threads(clause)
+#pragma omp parallel num_threads(clause) reduction(+ : s)
         {
 #pragma omp single
             t = omp_get_num_threads();
+#pragma omp for
+            for (int i = 0; i < 10000; i++) s += i;
         }
     } else {
-#pragma omp parallel
+#pragma omp parallel reduction(+ : s)
         {
 #pragma omp single
             t = omp_get_num_threads();
+#pragma omp for
+            for (int i = 0; i < 10000; i++) s += i;
         }
     }
+    if (s != 49995000L) g_sum_ok = 0;
     return t;
 }
 
@@ -104,6 +114,13 @@ static void child_work(const char *mode, char **argv) {
         }
         wait_child(g, "grandchild");
     }
+    if (!strcmp(mode, "inregion")) {
+        printf("child_team=%d\n", region(0));
+        fflush(stdout);
+        if (getenv("CHILD_CLAUSE")) {
+            printf("child_clause_team=%d\n", region(atoi(getenv("CHILD_CLAUSE"))));
+        }
+    }
     if (!strcmp(mode, "exec")) {
         fflush(stdout);
         execl(argv[0], argv[0], "exec-child", (char *)NULL);
@@ -129,12 +146,38 @@ static void *fork_from_thread(void *p) {
     return NULL;
 }
 
+/* The fork happens on the master thread inside a 2-thread region: libgomp
+ * refuses to free a pool there, so the shim must fall back. */
+static void fork_in_region(char **argv) {
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp master
+        {
+            printf("parent_team=%d\n", omp_get_num_threads());
+            fflush(stdout);
+            pid_t pid = fork();
+            if (pid == 0) {
+                child_work("inregion", argv);
+                printf("child_sum_ok=%d\n", g_sum_ok);
+                fflush(stdout);
+                _exit(0);
+            }
+            wait_child(pid, "child");
+        }
+    }
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "both";
     g_mode = mode;
     g_argv = argv;
     if (!strcmp(mode, "exec-child")) {
         printf("exec_child_team=%d\n", region(2));
+        return 0;
+    }
+    if (!strcmp(mode, "inregion")) {
+        fork_in_region(argv);
+        printf("parent_after_team=%d\n", region(2));
         return 0;
     }
     if (!strcmp(mode, "forkthread")) {
@@ -158,9 +201,12 @@ int main(int argc, char **argv) {
     pid_t pid = fork();
     if (pid == 0) {
         child_work(mode, argv);
+        printf("child_sum_ok=%d\n", g_sum_ok);
+        fflush(stdout);
         _exit(0);
     }
     wait_child(pid, "child");
     printf("parent_after_team=%d\n", region(2));
+    printf("parent_sum_ok=%d\n", g_sum_ok);
     return 0;
 }

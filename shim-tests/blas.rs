@@ -183,10 +183,13 @@ fn mkl_setter_is_clamped_and_its_openmp_regions_share_the_ledger() {
         "mkl4",
     );
     assert_eq!(r.int("results_ok"), 1);
-    let four = runtimes_of(&reps[0], "libiomp")[0]["mean_team"]
-        .as_f64()
-        .unwrap();
-    assert!(four <= 1.5, "four MKL callers on two cores: {}", reps[0]);
+    // MKL pushes an explicit team size for its internal regions, and nothing
+    // shows that its kernels adapt to a smaller team: each region gets what
+    // it asked for (the clamped budget), and what that costs the ledger is
+    // counted, not refused.
+    let iomp = runtimes_of(&reps[0], "libiomp")[0].clone();
+    assert_eq!(iomp["mean_team"], 2.0, "{}", reps[0]);
+    assert!(iomp["over_budget"].as_u64().unwrap() >= 1, "{}", reps[0]);
 }
 
 #[test]

@@ -208,7 +208,7 @@ fn bad_parbudget_cores_values_each_get_their_line_and_exit_0() {
 #[test]
 fn bad_log_and_fork_values_each_get_their_line() {
     bad_value_gives_one_line("PARBUDGET_LOG", "loud", "warn");
-    bad_value_gives_one_line("PARBUDGET_FORK", "sometimes", "serial");
+    bad_value_gives_one_line("PARBUDGET_FORK", "sometimes", "fresh");
     bad_value_gives_one_line("PARBUDGET_REPORT_SIGNAL", "KILL", "off");
 }
 

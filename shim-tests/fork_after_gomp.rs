@@ -35,64 +35,159 @@ fn the_hazard_is_real_without_the_shim() {
     );
 }
 
-#[test]
-fn child_completes_default_and_clause_regions_with_a_warning() {
-    let r = fork_run("fork_gomp_gcc", "both");
-    r.ok();
-    assert_eq!(r.int("child_hung"), 0);
-    assert_eq!(r.int("child_status"), 0);
-    assert_eq!(r.int("child_team"), 1);
-    assert_eq!(
-        r.int("child_clause_team"),
-        1,
-        "num_threads(4) must not reopen the hazard"
-    );
-    assert_eq!(
-        r.int("parent_after_team"),
-        2,
-        "the parent keeps its full team"
-    );
-    let w = fork_warnings(&r);
-    assert_eq!(w.len(), 1, "{}", r.stderr);
-    assert!(
-        w[0].contains(" WARN fork_after_gomp child=")
-            && w[0].contains("libgomp=\"")
-            && w[0].contains("spawn"),
-        "{}",
-        w[0]
-    );
-    let child_pid = w[0]
-        .split("child=")
-        .nth(1)
+fn fork_run_policy(bin: &str, mode: &str, policy: &str) -> Run {
+    cmd(&fixture(bin), &[mode])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .env("PARBUDGET_FORK", policy)
+        .timeout(40)
+        .run()
+}
+
+/// The `fork_after_gomp` entries of the parent's JSON report.
+fn fork_entries(dir: &std::path::Path, parent_pid_of_first: bool) -> Vec<serde_json::Value> {
+    let reps = reports(dir);
+    let r = if parent_pid_of_first {
+        &reps[0]
+    } else {
+        reps.last().unwrap()
+    };
+    r["warnings"]
+        .as_array()
         .unwrap()
-        .split(' ')
-        .next()
-        .unwrap();
-    assert!(child_pid.parse::<u32>().unwrap() > 0);
+        .iter()
+        .filter(|w| w["kind"] == "fork_after_gomp")
+        .cloned()
+        .collect()
 }
 
 #[test]
-fn every_team_starting_form_is_made_serial_in_the_child() {
+fn fresh_child_keeps_full_teams_and_the_right_sums_with_an_info_line() {
+    let dir = tempdir("fork-fresh");
+    let r = cmd(&fixture("fork_gomp_gcc"), &["both"])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .report_into(&dir)
+        .timeout(40)
+        .run();
+    r.ok();
+    assert_eq!(r.int("child_hung"), 0);
+    assert_eq!(r.int("child_status"), 0);
+    assert_eq!(
+        r.int("child_team"),
+        2,
+        "the child builds a fresh, full pool"
+    );
+    assert_eq!(
+        r.int("child_clause_team"),
+        2,
+        "num_threads(4) is cut to the thread limit (the budget), not to 1"
+    );
+    assert_eq!(r.int("child_sum_ok"), 1);
+    assert_eq!(
+        r.int("parent_after_team"),
+        2,
+        "the parent rebuilds its pool"
+    );
+    assert_eq!(r.int("parent_sum_ok"), 1);
+    assert!(
+        fork_warnings(&r).is_empty(),
+        "nothing hangs and nothing slows: no warn line: {}",
+        r.stderr
+    );
+    let e = fork_entries(&dir, true);
+    assert_eq!(e.len(), 1, "the report still records the fork");
+    assert!(
+        e[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("freed before fork")
+    );
+}
+
+#[test]
+fn fresh_every_team_starting_form_runs_full_in_the_child() {
     for (mode, key) in [
         ("dynamic", "child_dynamic_team"),
         ("sections", "child_sections_team"),
         ("clause4", "child_clause_team"),
+        ("one_then_default", "child_team"),
     ] {
         let r = fork_run("fork_gomp_gcc", mode);
         r.ok();
         assert_eq!(r.int("child_hung"), 0, "{mode}: {}", r.stdout);
-        assert_eq!(r.int(key), 1, "{mode}");
-        assert_eq!(fork_warnings(&r).len(), 1, "{mode}");
+        assert_eq!(r.int("child_status"), 0, "{mode}: {}", r.stderr);
+        assert_eq!(r.int(key), 2, "{mode}");
+        assert_eq!(r.int("child_sum_ok"), 1, "{mode}");
     }
 }
 
 #[test]
-fn a_one_thread_region_does_not_repair_the_child_but_serial_does() {
-    let r = fork_run("fork_gomp_gcc", "one_then_default");
+fn serial_policy_shrinks_only_bodies_that_adapt() {
+    // Dynamic loops and sections hand out work to whichever thread comes:
+    // a team of one is correct. A no-clause region on a thread that was
+    // never told a team size is too.
+    for (mode, key) in [
+        ("dynamic", "child_dynamic_team"),
+        ("sections", "child_sections_team"),
+        ("default", "child_team"),
+    ] {
+        let r = fork_run_policy("fork_gomp_gcc", mode, "serial");
+        r.ok();
+        assert_eq!(r.int("child_hung"), 0, "{mode}");
+        assert_eq!(r.int("child_status"), 0, "{mode}: {}", r.stderr);
+        assert_eq!(r.int(key), 1, "{mode}");
+        assert_eq!(r.int("child_sum_ok"), 1, "{mode}");
+        assert_eq!(fork_warnings(&r).len(), 1, "{mode}: {}", r.stderr);
+    }
+    // num_threads(4) counts on 4 threads: the child exits with a message
+    // rather than compute with 1.
+    let r = fork_run_policy("fork_gomp_gcc", "clause4", "serial");
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
-    assert_eq!(r.int("child_one_team"), 1);
+    assert_eq!(r.int("child_status"), 70, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("ERROR fork_after_gomp_abort") && r.stderr.contains("requested=4"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn fork_inside_a_region_falls_back_with_a_warning_and_no_hang() {
+    let r = cmd(&fixture("fork_gomp_gcc"), &["inregion"])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .timeout(40)
+        .run();
+    r.ok();
+    assert_eq!(r.int("child_hung"), 0);
+    assert_eq!(r.int("child_status"), 0, "{}", r.stderr);
     assert_eq!(r.int("child_team"), 1);
+    assert_eq!(r.int("child_sum_ok"), 1);
+    assert_eq!(r.int("parent_after_team"), 2);
+    let w = fork_warnings(&r);
+    assert_eq!(w.len(), 1, "{}", r.stderr);
+    assert!(
+        w[0].contains(" WARN ") && w[0].contains("inside a parallel region"),
+        "{}",
+        w[0]
+    );
+    // A region that counts on 4 threads in that child: exit 70, not a hang
+    // and not a wrong answer.
+    let r = cmd(&fixture("fork_gomp_gcc"), &["inregion"])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .env("CHILD_CLAUSE", "4")
+        .timeout(40)
+        .run();
+    r.ok();
+    assert_eq!(r.int("child_hung"), 0);
+    assert_eq!(r.int("child_status"), 70, "{}", r.stderr);
 }
 
 #[test]
@@ -121,6 +216,11 @@ fn grandchildren_and_forks_from_other_threads_are_protected() {
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("grandchild_hung"), 0);
+    assert_eq!(r.int("grandchild_team"), 2, "fresh in every generation");
+
+    let r = fork_run_policy("fork_gomp_gcc", "grandchild", "serial");
+    r.ok();
+    assert_eq!(r.int("grandchild_hung"), 0);
     assert_eq!(r.int("grandchild_team"), 1);
     assert_eq!(fork_warnings(&r).len(), 2, "one per fork: {}", r.stderr);
 
@@ -128,8 +228,7 @@ fn grandchildren_and_forks_from_other_threads_are_protected() {
     r.ok();
     assert_eq!(r.int("parent_team"), 2);
     assert_eq!(r.int("child_hung"), 0);
-    assert_eq!(r.int("child_team"), 1);
-    assert_eq!(fork_warnings(&r).len(), 1);
+    assert_eq!(r.int("child_team"), 2);
 }
 
 #[test]

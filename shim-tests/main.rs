@@ -4,10 +4,12 @@
 
 mod support;
 
+mod bindings_and_teams;
 mod blas;
 mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;
 mod ledger;
 mod python;
+mod real_libs;
 mod reports;

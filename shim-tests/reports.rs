@@ -61,7 +61,7 @@ fn stderr_table_report() {
 }
 
 #[test]
-fn gcc_program_with_libomp_preloaded_warns_of_the_conflict() {
+fn gcc_program_with_libomp_preloaded_reports_the_conflict_at_info() {
     let dir = tempdir("conflict");
     let libomp = "/usr/lib/llvm-14/lib/libomp.so.5";
     assert!(
@@ -74,17 +74,9 @@ fn gcc_program_with_libomp_preloaded_warns_of_the_conflict() {
         .report_into(&dir)
         .run();
     r.ok();
-    let warn: Vec<_> = r
-        .shim_lines()
-        .into_iter()
-        .filter(|l| l.contains(" WARN conflict_openmp"))
-        .collect();
-    assert_eq!(warn.len(), 1, "once per pair: {}", r.stderr);
-    assert!(
-        warn[0].contains("libomp") && warn[0].contains("libgomp"),
-        "{}",
-        warn[0]
-    );
+    // libgomp beside libomp is no hazard by itself (each governs its own
+    // regions, and the ledger sizes both): not a warning.
+    assert!(!r.stderr.contains(" WARN "), "{}", r.stderr);
     let rep = &reports(&dir)[0];
     let w = rep["warnings"].as_array().unwrap();
     assert!(
@@ -121,7 +113,11 @@ fn forked_children_write_their_own_report() {
         .iter()
         .find(|x| x["ppid"] == parent["pid"])
         .expect("child report");
-    assert_eq!(runtimes_of(child, "libgomp")[0]["mean_team"], 1.0);
+    assert_eq!(
+        runtimes_of(child, "libgomp")[0]["mean_team"],
+        2.0,
+        "policy fresh: the child runs full teams"
+    );
 }
 
 #[test]

@@ -7,7 +7,12 @@ use crate::stackbuf::StackBuf;
 /// What a forked child does when the forking thread had run a libgomp team.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ForkPolicy {
-    /// The child's regions on the inherited thread run with one thread.
+    /// Free the forking thread's libgomp pool just before fork (the child and
+    /// the parent then build fresh pools with full teams); where that is
+    /// impossible, fall back to `Serial`.
+    Fresh,
+    /// The child's regions on the inherited thread run with one thread where
+    /// their body allows it; a region that counts on more exits the child.
     Serial,
     /// The child exits with a message at its first region on that thread.
     Abort,
@@ -18,6 +23,7 @@ pub enum ForkPolicy {
 impl ForkPolicy {
     pub fn parse(v: &[u8]) -> Option<ForkPolicy> {
         match v.trim_ascii() {
+            b"fresh" => Some(ForkPolicy::Fresh),
             b"serial" => Some(ForkPolicy::Serial),
             b"abort" => Some(ForkPolicy::Abort),
             b"warn" => Some(ForkPolicy::Warn),
@@ -26,6 +32,7 @@ impl ForkPolicy {
     }
     pub fn name(self) -> &'static str {
         match self {
+            ForkPolicy::Fresh => "fresh",
             ForkPolicy::Serial => "serial",
             ForkPolicy::Abort => "abort",
             ForkPolicy::Warn => "warn",

@@ -1,10 +1,14 @@
-//! Conflict warnings between runtime copies, once per pair: two different
-//! OpenMP runtimes in one process, several OpenBLAS copies, and (info only)
-//! an OpenBLAS pthreads pool beside an OpenMP runtime.
+//! Conflicts between runtime copies, once per pair. Only a real hazard is a
+//! warning: LLVM libomp beside Intel libiomp5 (known to crash or deadlock).
+//! Several copies are normal in Python (scikit-learn, xgboost, torch each
+//! ship a libgomp; numpy and scipy each ship an OpenBLAS) and the ledger
+//! governs them all, so those are `info` lines and report entries. Split
+//! bindings (one object bound to two copies) are warned where they are found
+//! (runtime::resolve).
 
 use crate::runtime::{self, Impl, Kind};
 use crate::stackbuf::Quoted;
-use log::{info, warn};
+use log::info;
 
 /// Called when copy `new` is confirmed; compares it with every copy confirmed
 /// before it, so each pair is considered exactly once.
@@ -25,7 +29,12 @@ pub fn check_new(new: usize) {
             } else {
                 "two OpenMP pools each size themselves to all cores and spin against each other; use packages built against one OpenMP runtime"
             };
-            warn!(
+            log::log!(
+                if severe {
+                    log::Level::Warn
+                } else {
+                    log::Level::Info
+                },
                 "conflict_openmp a={} a_path={} b={} b_path={} advice=\"{}\"",
                 a.imp.name(),
                 Quoted(a.path()),
@@ -44,9 +53,16 @@ pub fn check_new(new: usize) {
                     advice
                 ),
             );
+        } else if a.imp.kind() == Kind::Openmp && a.imp == b.imp {
+            info!(
+                "openmp_copies impl={} a_path={} b_path={} note=\"several vendored copies of one OpenMP runtime are normal in Python; the ledger sizes the regions of every copy\"",
+                a.imp.name(),
+                Quoted(a.path()),
+                Quoted(b.path())
+            );
         } else if a.imp == Impl::Openblas && b.imp == Impl::Openblas {
-            let advice = "each OpenBLAS copy has its own pool and thread limit; parbudget keeps their sum within the budget only when their calls pass through it";
-            warn!(
+            let advice = "each OpenBLAS copy has its own pool and thread limit; parbudget sizes the calls of every copy from one ledger";
+            info!(
                 "conflict_openblas a_path={} b_path={} advice=\"{}\"",
                 Quoted(a.path()),
                 Quoted(b.path()),

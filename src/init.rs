@@ -78,7 +78,7 @@ fn fallback_settings() -> Settings {
             cores: 1,
             source: Source::Affinity,
         },
-        fork: ForkPolicy::Serial,
+        fork: ForkPolicy::Fresh,
         report: None,
         report_signal: None,
         scope: ledger::Scope::Process,
@@ -133,13 +133,13 @@ fn read_settings() -> Settings {
     );
 
     let fork = match config::getenv(c"PARBUDGET_FORK") {
-        None => ForkPolicy::Serial,
+        None => ForkPolicy::Fresh,
         Some(v) => ForkPolicy::parse(v.as_bytes()).unwrap_or_else(|| {
             warn!(
-                "bad_env var=PARBUDGET_FORK value={} using=serial reason=\"expected serial, abort or warn\"",
+                "bad_env var=PARBUDGET_FORK value={} using=fresh reason=\"expected fresh, serial, abort or warn\"",
                 Quoted(v.as_bytes())
             );
-            ForkPolicy::Serial
+            ForkPolicy::Fresh
         }),
     };
 

@@ -6,7 +6,7 @@
 //! JSON schema (keys may be added, never renamed):
 //! `{pid, ppid, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
 //! threads_created, threads_live, threads_peak, requested_max, clamped,
-//! regions, mean_team, requests_cut}], other_threads: {created, live, peak},
+//! regions, mean_team, requests_cut, over_budget}], other_threads: {created, live, peak},
 //! warnings: [{kind, message}]}`
 
 use crate::flag::Flag;
@@ -156,7 +156,7 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
         let st = &c.stats;
         write!(
             o,
-            "{}{{\"kind\":\"{}\",\"impl\":\"{}\",\"path\":{},\"threads_created\":{},\"threads_live\":{},\"threads_peak\":{},\"requested_max\":{},\"clamped\":{},\"regions\":{},\"mean_team\":{:.3},\"requests_cut\":{}}}",
+            "{}{{\"kind\":\"{}\",\"impl\":\"{}\",\"path\":{},\"threads_created\":{},\"threads_live\":{},\"threads_peak\":{},\"requested_max\":{},\"clamped\":{},\"regions\":{},\"mean_team\":{:.3},\"requests_cut\":{},\"over_budget\":{}}}",
             if i > 0 { "," } else { "" },
             c.imp.kind().name(),
             c.imp.name(),
@@ -169,6 +169,7 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
             st.regions.load(Relaxed),
             mean_team(st),
             st.cut.load(Relaxed),
+            st.over_budget.load(Relaxed),
         )?;
     }
     write!(
@@ -203,7 +204,7 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
     )?;
     writeln!(
         o,
-        "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9}  path",
+        "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9} {:>5}  path",
         "runtime",
         "kind",
         "created",
@@ -212,13 +213,14 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
         "requested",
         "clamped",
         "regions",
-        "mean_team"
+        "mean_team",
+        "over"
     )?;
     for (_, c) in runtime::copies() {
         let st = &c.stats;
         write!(
             o,
-            "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9.2}  ",
+            "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9.2} {:>5}  ",
             c.imp.name(),
             c.imp.kind().name(),
             st.threads_created.load(Relaxed),
@@ -227,7 +229,8 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
             st.requested_max.load(Relaxed),
             st.clamped.load(Relaxed),
             st.regions.load(Relaxed),
-            mean_team(st)
+            mean_team(st),
+            st.over_budget.load(Relaxed)
         )?;
         o.buf.push_bytes(c.path());
         o.write_str("\n")?;

@@ -55,7 +55,9 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> (usize, Grant) {
         }
         // The configured count is what the call asks for.
         let config = c.blas_config.load(Relaxed);
-        let g = grant::take(Some(c), config, s.budget.cores);
+        // OpenBLAS splits each call's work by the count it reads when the
+        // call starts: any size is correct, so the call gets what fits.
+        let g = grant::take(Some(c), config, s.budget.cores, false);
         if g.team() != cur {
             c.set_threads(g.team());
         }

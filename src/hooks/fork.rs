@@ -10,24 +10,36 @@
 //! The fork protocol:
 //!  1. While running, `regions` marks `MASTER_OF` (thread-local bitmask of
 //!     registry indices) when this thread starts a libgomp team of 2+.
-//!  2. `fork` (our hook, parent side): after the real fork returns a child
-//!     pid, if the forking thread's `MASTER_OF` is non-zero, warn with the
-//!     child's pid and each libgomp path, and record it for the report.
-//!  3. atfork child handler (runs in the child, on the forking thread, for
+//!  2. `fork` (our hook, parent side, before the real fork), policy `fresh`:
+//!     for each marked copy, `omp_pause_resource_all(omp_pause_hard)` in that
+//!     copy frees this thread's pool (its workers exit). Paused copies are
+//!     unmarked: the thread has no pool there any more, so the child builds a
+//!     fresh one with a full team, and so does the parent's next region. The
+//!     pause is refused inside a region (nesting level > 0), and a libgomp
+//!     older than GCC 9 has no such function: those copies stay marked.
+//!  3. The real fork; then, in the parent, one line per marked or paused copy:
+//!     `info` when paused, `warn` for a fallback (or when numba's OpenMP layer
+//!     is loaded: numba terminates forked children itself).
+//!  4. atfork child handler (runs in the child, on the forking thread, for
 //!     every fork including ones that bypass our hook): sets flags only —
-//!     `SERIAL = MASTER_OF`, the registry writer flag cleared, the ledger reset
-//!     to the budget minus what this thread holds, our pid refreshed. No locks,
-//!     no allocation, no calls into a runtime: libomp/libiomp5 hold their
-//!     fork-join lock across fork, and calling them from here deadlocks.
-//!  4. In the child, `regions` runs each region of a `SERIAL` copy started on
-//!     this thread as a team of one (policy `serial`), exits with a message
-//!     (`abort`), or forwards unchanged (`warn`). Threads the child creates
-//!     later have empty thread-locals, so they get full teams; grandchildren
-//!     inherit the bits and are protected the same way. vfork, posix_spawn and
-//!     exec run no atfork handlers and start clean.
+//!     `SERIAL = MASTER_OF` (the copies still marked), the registry writer
+//!     flag cleared, the ledger reset to the budget minus what this thread
+//!     holds, our pid refreshed. No locks, no allocation, no calls into a
+//!     runtime: libomp/libiomp5 hold their fork-join lock across fork, and
+//!     calling them from here deadlocks.
+//!  5. In the child, a region of a `SERIAL` copy started on this thread runs
+//!     as a team of one only where its body cannot have counted on more
+//!     (`regions::serial_is_safe`); `omp_get_max_threads()` and
+//!     `omp_get_thread_limit()` answer 1 there, so code that sizes itself
+//!     asks for one. A region that counts on more exits the child with status
+//!     70 and a message (a wrong answer is worse). Policy `abort` exits at the
+//!     first region; `warn` forwards unchanged (and the child hangs). Threads
+//!     the child creates later have empty thread-locals, so they get full
+//!     teams; grandchildren inherit the bits and are protected the same way.
+//!     vfork, posix_spawn and exec run no atfork handlers and start clean.
 
 use crate::config::ForkPolicy;
-use crate::runtime::{self, Copy};
+use crate::runtime::{self, RuntimeCopy};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::*};
@@ -65,9 +77,23 @@ pub fn serial_here(copy: usize) -> bool {
     copy < 64 && SERIAL.with(|s| s.get() & (1 << copy) != 0)
 }
 
-/// Called by `regions` for a region of a hazardous copy on the inherited thread.
-pub fn child_region(copy: &Copy, name: &core::ffi::CStr) {
-    let policy = crate::init::ready().map_or(ForkPolicy::Serial, |s| s.fork);
+/// Called by `regions` for a region of a hazardous copy on the inherited
+/// thread. `safe`: its body can run as a team of one.
+pub fn child_region(copy: &RuntimeCopy, name: &core::ffi::CStr, safe: bool, requested: u32) {
+    let policy = crate::init::ready().map_or(ForkPolicy::Fresh, |s| s.fork);
+    if policy != ForkPolicy::Abort && !safe {
+        error!(
+            "fork_after_gomp_abort entry={} libgomp={} requested={} action=exit status=70 reason=\"this process was forked from a thread whose GNU OpenMP pool was not freed before fork (fork inside a region, a libgomp without omp_pause_resource_all, or PARBUDGET_FORK=serial); this region counts on {} threads, which would hang here, and one thread could compute a different result\" advice=\"fork outside parallel regions, or use the multiprocessing start method 'spawn' or 'forkserver'\"",
+            Quoted(name.to_bytes()),
+            Quoted(copy.path()),
+            requested,
+            requested
+        );
+        crate::report::write_now();
+        // SAFETY: _exit ends the process without running handlers that might
+        // block on the dead pool.
+        unsafe { libc::_exit(70) };
+    }
     if policy == ForkPolicy::Abort {
         error!(
             "fork_after_gomp_abort entry={} libgomp={} action=exit status=70 reason=\"this process was forked from a thread that had run a GNU OpenMP team; its regions would hang (PARBUDGET_FORK=abort)\"",
@@ -122,27 +148,121 @@ pub fn install_atfork() {
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
-fn warn_fork(child_pid: libc::pid_t, hazard: u64) {
-    let policy = crate::init::ready().map_or(ForkPolicy::Serial, |s| s.fork);
-    let effect = match policy {
-        ForkPolicy::Serial => {
-            "the child runs OpenMP regions on this thread with 1 thread instead of hanging"
-        }
-        ForkPolicy::Abort => {
-            "the child exits with status 70 at its first OpenMP region on this thread"
-        }
-        ForkPolicy::Warn => "the child will hang at its first OpenMP region on this thread",
-    };
+/// Why a copy's pool was not freed before fork.
+#[derive(Clone, Copy, Default)]
+pub struct Paused {
+    /// Copies whose pool on this thread was freed.
+    pub done: u64,
+    /// Copies without `omp_pause_resource_all` (libgomp before GCC 9).
+    pub unsupported: u64,
+    /// Copies that refused (the thread is inside a region).
+    pub refused: u64,
+}
+
+/// Policy `fresh`, before the real fork: frees this thread's pool in every
+/// libgomp copy it was master in (see the protocol above, step 2).
+fn pause_pools(hazard: u64) -> Paused {
+    let mut p = Paused::default();
+    if crate::init::ready().is_none_or(|s| s.fork != ForkPolicy::Fresh) {
+        return p;
+    }
     for (i, c) in runtime::copies() {
-        if i < 64 && hazard & (1 << i) != 0 {
-            let first = WARNED.fetch_or(1 << i, Relaxed) & (1 << i) == 0;
+        if i >= 64 || hazard & (1 << i) == 0 {
+            continue;
+        }
+        match c.pause_hard() {
+            Some(true) => {
+                p.done |= 1 << i;
+                MASTER_OF.with(|m| m.set(m.get() & !(1 << i)));
+            }
+            Some(false) => p.refused |= 1 << i,
+            None => p.unsupported |= 1 << i,
+        }
+    }
+    p
+}
+
+/// True when numba's OpenMP threading layer is loaded: it terminates a
+/// forked child itself ("fork() called from a process already using GNU
+/// OpenMP"), whatever libgomp's state.
+fn numba_omp_loaded() -> bool {
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _: usize,
+        data: *mut core::ffi::c_void,
+    ) -> core::ffi::c_int {
+        // SAFETY: glibc passes a valid info; `data` is our bool.
+        let (info, found) = unsafe { (&*info, &mut *(data as *mut bool)) };
+        if !info.dlpi_name.is_null() {
+            // SAFETY: a NUL-terminated loader string.
+            let name = unsafe { core::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes();
+            if name.windows(22).any(|w| w == b"numba/np/ufunc/omppool") {
+                *found = true;
+                return 1;
+            }
+        }
+        0
+    }
+    let mut found = false;
+    // SAFETY: the callback only reads the info and writes `found`.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut bool).cast()) };
+    found
+}
+
+fn warn_fork(child_pid: libc::pid_t, hazard: u64, paused: Paused) {
+    let policy = crate::init::ready().map_or(ForkPolicy::Fresh, |s| s.fork);
+    let numba = numba_omp_loaded();
+    for (i, c) in runtime::copies() {
+        if i >= 64 || hazard & (1 << i) == 0 {
+            continue;
+        }
+        let bit = 1u64 << i;
+        let mut e = crate::stackbuf::StackBuf::<512>::new();
+        let fallback = if paused.done & bit != 0 {
+            e.push_bytes(b"this thread's pool was freed before fork; the child and the parent build fresh pools with full teams");
+            false
+        } else {
+            let why = if paused.refused & bit != 0 {
+                "fork() inside a parallel region: the pool cannot be freed there; "
+            } else if paused.unsupported & bit != 0 {
+                "this libgomp has no omp_pause_resource_all (GCC < 9); "
+            } else {
+                ""
+            };
+            let what = match policy {
+                ForkPolicy::Fresh | ForkPolicy::Serial => {
+                    "the child runs this thread's OpenMP regions with 1 thread where their body allows it, and exits with status 70 at a region that counts on more threads"
+                }
+                ForkPolicy::Abort => {
+                    "the child exits with status 70 at its first OpenMP region on this thread"
+                }
+                ForkPolicy::Warn => "the child will hang at its first OpenMP region on this thread",
+            };
+            e.push_bytes(why.as_bytes());
+            e.push_bytes(what.as_bytes());
+            true
+        };
+        let effect = core::str::from_utf8(e.as_bytes()).unwrap_or("?");
+        let numba_note = if numba {
+            " numba's OpenMP threading layer is loaded: it terminates forked children itself, so use NUMBA_THREADING_LAYER=workqueue or tbb, or the start method 'spawn' or 'forkserver'."
+        } else {
+            ""
+        };
+        let first = WARNED.fetch_or(bit, Relaxed) & bit == 0;
+        let level = if (fallback || numba) && first {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        {
             log!(
-                if first { Level::Warn } else { Level::Info },
-                "fork_after_gomp child={} libgomp={} policy={} effect=\"{}\" advice=\"this thread ran a GNU OpenMP team before fork(); use the multiprocessing start method 'spawn' or 'forkserver', or fork before the first parallel region; PARBUDGET_FORK=serial|abort|warn chooses what the child does\"",
+                level,
+                "fork_after_gomp child={} libgomp={} policy={} effect=\"{}\" advice=\"this thread ran a GNU OpenMP team before fork(); the start methods 'spawn' and 'forkserver' avoid the hazard; PARBUDGET_FORK=fresh|serial|abort|warn chooses what the shim does{}\"",
                 child_pid,
                 Quoted(c.path()),
                 policy.name(),
-                effect
+                effect,
+                numba_note
             );
             crate::report::add_warning_fmt(
                 "fork_after_gomp",
@@ -161,10 +281,15 @@ fn warn_fork(child_pid: libc::pid_t, hazard: u64) {
 redhook::hook! {
     unsafe fn fork() -> libc::pid_t => parbudget_fork {
         let hazard = MASTER_OF.with(|m| m.get());
+        // Fenced: redhook would call the real fork again if this panicked.
+        let paused = if hazard != 0 {
+            crate::hooks::fenced(Paused::default(), || pause_pools(hazard))
+        } else {
+            Paused::default()
+        };
         let pid = unsafe { redhook::real!(fork)() };
         if pid > 0 && hazard != 0 {
-            // Fenced: redhook would call the real fork again if this panicked.
-            crate::hooks::fenced((), || warn_fork(pid, hazard));
+            crate::hooks::fenced((), || warn_fork(pid, hazard, paused));
         }
         pid
     }

@@ -4,15 +4,56 @@
 //! ledger had room for, records the stats of the copy, and is given back
 //! exactly once: by `give_back`, or by the `GiveBack` guard when dropped
 //! (also on a forced unwind: pthread_cancel, pthread_exit).
+//!
+//! The team rule (the OpenMP contract, which real libraries count on):
+//! - the budget cap is the thread limit: a `num_threads(n)` clause above it
+//!   is cut to it (the standard leaves that to the implementation), and
+//!   `omp_get_thread_limit()` says so;
+//! - a region with a clause `n` within the limit gets exactly `n` threads,
+//!   unless its entry point shows its body adapts to any team (see
+//!   `regions::Shape`);
+//! - `omp_get_max_threads()` tells the truth: it returns what the ledger would
+//!   grant this thread now, and that answer is a promise: this thread's next
+//!   regions without a clause get exactly that many threads (as if the
+//!   answer had been its nthreads ICV), until it asks again;
+//! - a region without a clause on a thread that was promised nothing gets
+//!   what fits (its body cannot have counted on a number it never saw);
+//! - keeping a promise may take the ledger over the budget: that is counted
+//!   (`over_budget` in the report), never refused.
 
 use crate::ledger;
-use crate::runtime::Copy;
+use crate::runtime::RuntimeCopy;
 use core::cell::Cell;
 use core::sync::atomic::Ordering::Relaxed;
 
 thread_local! {
     /// Threads this thread holds in the ledger (itself and extras, per grant).
     static HELD: Cell<u32> = const { Cell::new(0) };
+    /// The team `omp_get_max_threads()` last promised this thread (0: none).
+    static PROMISED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Records what `omp_get_max_threads()` answered on this thread.
+pub fn promise(n: u32) {
+    PROMISED.with(|p| p.set(n));
+}
+
+/// The team this thread was promised for its regions without a clause.
+pub fn promised() -> Option<u32> {
+    match PROMISED.with(|p| p.get()) {
+        0 => None,
+        n => Some(n),
+    }
+}
+
+/// What the ledger would grant this thread now for a region of up to `want`
+/// threads (never fewer than 1): the answer of `omp_get_max_threads()`.
+pub fn would_grant(want: u32) -> u32 {
+    let me = u32::from(held_here() == 0);
+    let extras = want
+        .saturating_sub(1)
+        .min(ledger::free_for(want.saturating_sub(1) + me).saturating_sub(me));
+    ledger::team(extras)
 }
 
 /// What a sized call took from the ledger.
@@ -50,11 +91,14 @@ impl Drop for GiveBack {
 }
 
 /// Takes a grant for a call that asked for `asked` threads, capped at `cap`,
-/// and records it in `copy`'s stats.
-pub fn take(copy: Option<&Copy>, asked: u32, cap: u32) -> Grant {
+/// and records it in `copy`'s stats. `exact`: the call gets every thread it
+/// asked for (up to the cap), over the budget if need be.
+pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Grant {
     let want = asked.clamp(1, cap.max(1));
     let caller = held_here() == 0;
-    let extras = ledger::enter(want - 1, caller);
+    let need = if exact { want - 1 } else { 0 };
+    let entered = ledger::enter(want - 1, need, caller);
+    let extras = entered.extras;
     HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
     let g = Grant {
         extras,
@@ -68,6 +112,9 @@ pub fn take(copy: Option<&Copy>, asked: u32, cap: u32) -> Grant {
         c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
         if team < asked {
             c.stats.cut.fetch_add(1, Relaxed);
+        }
+        if entered.over {
+            c.stats.over_budget.fetch_add(1, Relaxed);
         }
     }
     g

@@ -18,6 +18,7 @@
 pub mod blas;
 pub mod fork;
 pub mod grant;
+pub mod queries;
 pub mod regions;
 pub mod setters;
 pub mod threads;

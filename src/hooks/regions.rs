@@ -31,18 +31,52 @@ struct Entry {
 
 type Body = extern "C-unwind" fn(*mut c_void);
 
-/// The threads a region asks for: its clause, or (0) the copy's default.
-fn asked(requested: u32, copy: Option<&runtime::Copy>, budget: u32) -> u32 {
+/// What a region's entry point tells about its body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// The body may count on the team it asked for (xgboost splits its
+    /// blocks by the requested n and indexes them by thread number;
+    /// scikit-learn's pairwise reductions initialise per-thread state inside
+    /// the region): it gets exactly what it is entitled to.
+    Plain,
+    /// A combined parallel loop with a dynamic or guided schedule, or
+    /// parallel sections: the runtime hands iterations (sections) to whichever
+    /// thread comes, and any thread may get none even in a full team, so a
+    /// correct body cannot count on the team size. It may run smaller.
+    Adaptive,
+}
+
+/// How many threads a region asks for and whether it must get them all.
+/// `requested` is its clause (0: none); `icv` the copy's own nthreads ICV.
+pub fn entitlement(requested: u32, shape: Shape, promised: Option<u32>, icv: u32) -> (u32, bool) {
     match requested {
-        0 => copy
-            .and_then(|c| c.get_threads())
-            .map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32),
-        n => n,
+        0 => match promised {
+            // The thread asked omp_get_max_threads() and may have sized its
+            // work by the answer: a region without a clause gets exactly that.
+            Some(p) => (p, shape == Shape::Plain),
+            // Never told a number: nothing to count on; what fits.
+            None => (icv.max(1), false),
+        },
+        n => (n, shape == Shape::Plain),
     }
 }
 
+fn icv_of(copy: Option<&runtime::RuntimeCopy>, budget: u32) -> u32 {
+    copy.and_then(|c| c.get_threads())
+        .map_or(budget, |n| n.clamp(1, i64::from(u32::MAX)) as u32)
+}
+
+/// In a child forked from a thread whose libgomp pool could not be freed
+/// first, a region on that thread can only run as a team of one. That is
+/// safe only for a body that never counted on more.
+fn serial_is_safe(requested: u32, shape: Shape) -> bool {
+    shape == Shape::Adaptive
+        || requested == 1
+        || (requested == 0 && grant::promised().unwrap_or(1) <= 1)
+}
+
 /// Sizes a region that asked for `requested` threads (0: the runtime's default).
-fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry {
+fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint, shape: Shape) -> Entry {
     let settings = crate::init::ensure();
     let target = resolve_or_abort(ret, hook, name);
     let passthrough = Entry {
@@ -54,7 +88,7 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
         let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
         if let Some((i, c)) = copy {
             if fork::serial_here(i) {
-                fork::child_region(c, name);
+                fork::child_region(c, name, serial_is_safe(requested, shape), requested);
                 c.stats.regions.fetch_add(1, Relaxed);
                 c.stats.team_sum.fetch_add(1, Relaxed);
                 return Entry {
@@ -62,22 +96,34 @@ fn enter(ret: usize, hook: u8, name: &'static CStr, requested: c_uint) -> Entry 
                     ..passthrough
                 };
             }
+            if c.nested_inactive() {
+                // A region inside a team's body: the runtime runs it with one
+                // thread, which is already counted as a worker of that team.
+                return passthrough;
+            }
         }
         let Some(s) = settings else {
             return passthrough;
         };
-        let asked = asked(requested, copy.map(|(_, c)| c), s.budget.cores);
-        let g = grant::take(copy.map(|(_, c)| c), asked, s.budget.cores);
+        let cap = s.budget.cores;
+        let (asked, exact) = entitlement(
+            requested,
+            shape,
+            grant::promised(),
+            icv_of(copy.map(|(_, c)| c), cap),
+        );
+        let g = grant::take(copy.map(|(_, c)| c), asked, cap, exact);
         if let Some((i, c)) = copy {
             if g.team() > 1 && c.imp == Impl::Libgomp {
                 fork::mark_master(i);
             }
         }
         debug!(
-            "grant symbol={} impl={} asked={} team={} free={}",
+            "grant symbol={} impl={} asked={} exact={} team={} free={}",
             Quoted(name.to_bytes()),
             copy.map_or("unknown", |(_, c)| c.imp.name()),
             asked,
+            exact,
             g.team(),
             crate::ledger::free()
         );
@@ -117,9 +163,9 @@ fn pop_start() -> Grant {
 
 /// A region that runs to completion inside the call: size, forward, give back.
 macro_rules! region {
-    ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
+    ($id:expr, $shape:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
         unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
-            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
+            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads, Shape::$shape);
             let _give_back = GiveBack(e.grant);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*)
         }
@@ -129,9 +175,9 @@ macro_rules! region {
 
 /// A `_start` region: the team lives until `GOMP_parallel_end`.
 macro_rules! region_start {
-    ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
+    ($id:expr, $shape:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
         unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) {
-            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads);
+            let e = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")), num_threads, Shape::$shape);
             push_start(e.grant);
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> (), f, data, e.team $(, $a)*);
         }
@@ -140,23 +186,23 @@ macro_rules! region_start {
 }
 
 // Hook ids 40..=79 are region entry points.
-region!(40, GOMP_parallel, gomp_parallel, (flags: c_uint), ());
-region!(41, GOMP_parallel_reductions, gomp_parallel_reductions, (flags: c_uint), c_uint);
-region!(42, GOMP_parallel_sections, gomp_parallel_sections, (count: c_uint, flags: c_uint), ());
-region!(43, GOMP_parallel_loop_static, gomp_parallel_loop_static, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
-region!(44, GOMP_parallel_loop_dynamic, gomp_parallel_loop_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
-region!(45, GOMP_parallel_loop_guided, gomp_parallel_loop_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
-region!(46, GOMP_parallel_loop_nonmonotonic_dynamic, gomp_parallel_loop_nonmonotonic_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
-region!(47, GOMP_parallel_loop_nonmonotonic_guided, gomp_parallel_loop_nonmonotonic_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
-region!(48, GOMP_parallel_loop_runtime, gomp_parallel_loop_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
-region!(49, GOMP_parallel_loop_nonmonotonic_runtime, gomp_parallel_loop_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
-region!(50, GOMP_parallel_loop_maybe_nonmonotonic_runtime, gomp_parallel_loop_maybe_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
-region_start!(51, GOMP_parallel_start, gomp_parallel_start, ());
-region_start!(52, GOMP_parallel_sections_start, gomp_parallel_sections_start, (count: c_uint));
-region_start!(53, GOMP_parallel_loop_static_start, gomp_parallel_loop_static_start, (s: c_long, e: c_long, i: c_long, c: c_long));
-region_start!(54, GOMP_parallel_loop_dynamic_start, gomp_parallel_loop_dynamic_start, (s: c_long, e: c_long, i: c_long, c: c_long));
-region_start!(55, GOMP_parallel_loop_guided_start, gomp_parallel_loop_guided_start, (s: c_long, e: c_long, i: c_long, c: c_long));
-region_start!(56, GOMP_parallel_loop_runtime_start, gomp_parallel_loop_runtime_start, (s: c_long, e: c_long, i: c_long));
+region!(40, Plain, GOMP_parallel, gomp_parallel, (flags: c_uint), ());
+region!(41, Plain, GOMP_parallel_reductions, gomp_parallel_reductions, (flags: c_uint), c_uint);
+region!(42, Adaptive, GOMP_parallel_sections, gomp_parallel_sections, (count: c_uint, flags: c_uint), ());
+region!(43, Plain, GOMP_parallel_loop_static, gomp_parallel_loop_static, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(44, Adaptive, GOMP_parallel_loop_dynamic, gomp_parallel_loop_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(45, Adaptive, GOMP_parallel_loop_guided, gomp_parallel_loop_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(46, Adaptive, GOMP_parallel_loop_nonmonotonic_dynamic, gomp_parallel_loop_nonmonotonic_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(47, Adaptive, GOMP_parallel_loop_nonmonotonic_guided, gomp_parallel_loop_nonmonotonic_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
+region!(48, Plain, GOMP_parallel_loop_runtime, gomp_parallel_loop_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region!(49, Plain, GOMP_parallel_loop_nonmonotonic_runtime, gomp_parallel_loop_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region!(50, Plain, GOMP_parallel_loop_maybe_nonmonotonic_runtime, gomp_parallel_loop_maybe_nonmonotonic_runtime, (s: c_long, e: c_long, i: c_long, flags: c_uint), ());
+region_start!(51, Plain, GOMP_parallel_start, gomp_parallel_start, ());
+region_start!(52, Adaptive, GOMP_parallel_sections_start, gomp_parallel_sections_start, (count: c_uint));
+region_start!(53, Plain, GOMP_parallel_loop_static_start, gomp_parallel_loop_static_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(54, Adaptive, GOMP_parallel_loop_dynamic_start, gomp_parallel_loop_dynamic_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(55, Adaptive, GOMP_parallel_loop_guided_start, gomp_parallel_loop_guided_start, (s: c_long, e: c_long, i: c_long, c: c_long));
+region_start!(56, Plain, GOMP_parallel_loop_runtime_start, gomp_parallel_loop_runtime_start, (s: c_long, e: c_long, i: c_long));
 
 unsafe extern "C-unwind" fn gomp_parallel_end() {
     let t = resolve_or_abort(take_caller(), 57, c"GOMP_parallel_end");
@@ -318,8 +364,17 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         ) else {
             return Grant::default();
         };
-        let asked = asked(pushed, Some(c), s.budget.cores);
-        let g = grant::take(Some(c), asked, s.budget.cores);
+        if c.nested_inactive() {
+            return Grant::default();
+        }
+        let cap = s.budget.cores;
+        let (asked, exact) = entitlement(
+            pushed,
+            Shape::Plain,
+            grant::promised(),
+            icv_of(Some(c), cap),
+        );
+        let g = grant::take(Some(c), asked, cap, exact);
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
         unsafe {

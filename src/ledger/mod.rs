@@ -19,12 +19,34 @@ use log::{info, warn};
 /// shared one cannot be used.
 static LOCAL: Ledger = Ledger::new();
 
-/// A caller enters a region wanting `want` extra workers: from the tree's
-/// ledger if attached, else from this process's. Returns the extras granted.
-/// `count_caller` is false for a region nested on a thread already counted
-/// by an enclosing region (it must not count twice).
-pub fn enter(want: u32, count_caller: bool) -> u32 {
-    shared::enter(want, count_caller).unwrap_or_else(|| LOCAL.enter_as(want, count_caller))
+/// A caller enters a region wanting `want` extra workers, of which it must
+/// have at least `need` (a team it was promised: see hooks::grant). From the
+/// tree's ledger if attached, else from this process's. Returns the extras
+/// granted and whether they took the ledger over the budget. `count_caller`
+/// is false for a region nested on a thread already counted by an enclosing
+/// region (it must not count twice).
+pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
+    shared::enter(want, need, count_caller)
+        .unwrap_or_else(|| LOCAL.enter_as(want, need, count_caller))
+}
+
+/// What `enter` granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entered {
+    pub extras: u32,
+    /// The grant kept a promise beyond what fit in the budget.
+    pub over: bool,
+}
+
+/// The extras a caller gets: what it needs, else as many as it wants that
+/// fit in `free_for_extras`. Pure: the arithmetic both ledgers share.
+pub fn extras_for(want: u32, need: u32, free_for_extras: u32) -> Entered {
+    let fit = want.min(free_for_extras);
+    let need = need.min(want);
+    Entered {
+        extras: fit.max(need),
+        over: need > fit,
+    }
 }
 
 /// The region entered with `extras` (and the same `count_caller`) ended.
@@ -36,6 +58,12 @@ pub fn leave(extras: u32, count_caller: bool) {
 
 pub fn free() -> u32 {
     shared::free_now().unwrap_or_else(|| LOCAL.free())
+}
+
+/// Free threads, for a query that would like `want`: dead members of the
+/// tree are reclaimed first when that many are not free.
+pub fn free_for(want: u32) -> u32 {
+    shared::free_for(want).unwrap_or_else(|| LOCAL.free())
 }
 
 /// Atfork child handler: flags and atomic stores only.
@@ -197,22 +225,24 @@ impl Ledger {
     /// caller and grants what fits. Returns the extras granted.
     #[cfg(test)]
     pub fn enter(&self, want: u32) -> u32 {
-        self.enter_as(want, true)
+        self.enter_as(want, 0, true).extras
     }
 
     /// As `enter`; with `count_caller` false the caller is already counted
     /// (a nested region on the same thread) and only extras are taken.
-    pub fn enter_as(&self, want: u32, count_caller: bool) -> u32 {
+    pub fn enter_as(&self, want: u32, need: u32, count_caller: bool) -> Entered {
         let cores = self.cores.load(Relaxed);
         let me = u32::from(count_caller);
         let mut cur = self.used.load(Relaxed);
         loop {
-            let extras = want.min(cores.saturating_sub(cur.saturating_add(me)));
-            match self
-                .used
-                .compare_exchange_weak(cur, cur + me + extras, Acquire, Relaxed)
-            {
-                Ok(_) => return extras,
+            let e = extras_for(want, need, cores.saturating_sub(cur.saturating_add(me)));
+            match self.used.compare_exchange_weak(
+                cur,
+                cur.saturating_add(me + e.extras),
+                Acquire,
+                Relaxed,
+            ) {
+                Ok(_) => return e,
                 Err(now) => cur = now,
             }
         }
@@ -300,7 +330,7 @@ mod tests {
         l.reset(4, 0);
         let outer = l.enter(1);
         assert_eq!(outer, 1);
-        let inner = l.enter_as(3, false);
+        let inner = l.enter_as(3, 0, false).extras;
         assert_eq!(
             inner, 2,
             "4 cores - (the caller, counted once, + the outer extra)"
@@ -308,6 +338,51 @@ mod tests {
         l.leave_as(inner, false);
         l.leave(outer);
         assert_eq!(l.free(), 4);
+    }
+
+    #[test]
+    fn a_promised_team_is_kept_over_budget_and_counted() {
+        let l = Ledger::new();
+        l.reset(2, 0);
+        let a = l.enter_as(1, 1, true);
+        assert_eq!(
+            a,
+            Entered {
+                extras: 1,
+                over: false
+            },
+            "a lone caller fits"
+        );
+        let b = l.enter_as(1, 1, true);
+        assert_eq!(
+            b,
+            Entered {
+                extras: 1,
+                over: true
+            },
+            "the promise is kept"
+        );
+        assert_eq!(l.free(), 0);
+        l.leave_as(b.extras, true);
+        l.leave_as(a.extras, true);
+        assert_eq!(l.free(), 2, "everything comes back");
+    }
+
+    #[test]
+    fn extras_for_never_exceeds_want_and_never_drops_need() {
+        for want in 0..6 {
+            for need in 0..6 {
+                for free in 0..6 {
+                    let e = extras_for(want, need, free);
+                    assert!(e.extras <= want);
+                    assert!(e.extras >= need.min(want));
+                    assert_eq!(e.over, need.min(want) > want.min(free));
+                    if !e.over {
+                        assert!(e.extras <= free);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

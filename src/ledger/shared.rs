@@ -275,14 +275,20 @@ fn my_slot(h: &Header) -> Option<&Slot> {
     Some(s)
 }
 
-/// A caller of this process enters a region wanting `want` extras: counts
-/// it and grants what fits. `None` if the shared ledger is not in use.
-pub fn enter(want: u32, count_caller: bool) -> Option<u32> {
+/// A caller of this process enters a region wanting `want` extras (at least
+/// `need` of them): counts it and grants what fits, or what it needs. `None`
+/// if the shared ledger is not in use.
+pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::Entered> {
     let me = u32::from(count_caller);
     let h = header()?;
     let l = Locked::new(h)?;
     let Some(slot) = my_slot(l.0) else {
-        return Some(0); // no free slot: run teams of one rather than overspend
+        // No free slot: run teams of one rather than overspend, unless a
+        // team was promised (then it is kept, uncounted).
+        return Some(super::Entered {
+            extras: need,
+            over: need > 0,
+        });
     };
     let mut used = h.used.load(Relaxed);
     if want > 0 && used.saturating_add(me + want) > h.budget {
@@ -297,10 +303,10 @@ pub fn enter(want: u32, count_caller: bool) -> Option<u32> {
         }
     }
     // A nested region on an already-counted thread asks only for extras.
-    let extras = want.min(h.budget.saturating_sub(used.saturating_add(me)));
-    h.used.store(used + me + extras, Relaxed);
-    slot.held.fetch_add(me + extras, Relaxed);
-    Some(extras)
+    let e = super::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
+    h.used.store(used.saturating_add(me + e.extras), Relaxed);
+    slot.held.fetch_add(me + e.extras, Relaxed);
+    Some(e)
 }
 
 /// The region entered with `extras` ended. Never gives back more than this
@@ -354,6 +360,28 @@ fn no_live_member(h: &Header) -> bool {
 /// In a forked child (atfork handler): the child has no slot yet. Flag only.
 pub fn forget_slot_in_child() {
     MY_SLOT.store(usize::MAX, Relaxed);
+}
+
+/// Free threads for a query that wants `want` of them: when short, dead
+/// members are reclaimed first (rate-limited, as in `enter`), so an answer
+/// never counts the threads of a member killed by SIGKILL.
+pub fn free_for(want: u32) -> Option<u32> {
+    let h = header()?;
+    let free = h.budget.saturating_sub(h.used.load(Relaxed));
+    if free >= want {
+        return Some(free);
+    }
+    let now = now_ms();
+    let last = LAST_SCAN_MS.load(Relaxed);
+    if last != 0 && now.saturating_sub(last) < 50 {
+        return Some(free);
+    }
+    let Some(_l) = Locked::new(h) else {
+        return Some(free);
+    };
+    LAST_SCAN_MS.store(now.max(1), Relaxed);
+    reclaim_dead(h, false);
+    Some(h.budget.saturating_sub(h.used.load(Relaxed)))
 }
 
 pub fn free_now() -> Option<u32> {

@@ -11,6 +11,7 @@
 //! The registry is append-only: a slot is written under the writer flag, then
 //! published by bumping `count` (Release); readers see only published slots.
 
+pub mod binding;
 pub mod blis;
 pub mod flexiblas;
 pub mod mkl;
@@ -115,6 +116,9 @@ pub struct Stats {
     pub regions: AtomicU64,
     pub team_sum: AtomicU64,
     pub cut: AtomicU64,
+    /// Regions or calls that kept a promised team although it took the
+    /// ledger over the budget (correctness beats the budget).
+    pub over_budget: AtomicU64,
 }
 
 impl Stats {
@@ -128,6 +132,7 @@ impl Stats {
             regions: AtomicU64::new(0),
             team_sum: AtomicU64::new(0),
             cut: AtomicU64::new(0),
+            over_budget: AtomicU64::new(0),
         }
     }
 
@@ -144,6 +149,7 @@ impl Stats {
             &self.regions,
             &self.team_sum,
             &self.cut,
+            &self.over_budget,
         ] {
             a.store(0, Relaxed);
         }
@@ -164,7 +170,7 @@ pub const CONFIRMED: u8 = 1;
 pub const REJECTED: u8 = 2;
 
 /// One loaded copy of a runtime.
-pub struct Copy {
+pub struct RuntimeCopy {
     pub imp: Impl,
     /// Load base (`dlpi_addr`): identifies the object.
     pub base: usize,
@@ -189,12 +195,18 @@ pub struct Copy {
     /// OpenBLAS's `openblas_get_parallel`: 0 unknown, 1 sequential, 2 pthreads, 3 OpenMP.
     pub blas_parallel: AtomicU32,
     parallel_fn: AtomicUsize,
+    /// OpenMP copies: `omp_get_active_level`, `omp_get_max_active_levels`
+    /// (is a region started here going to be inactive?) and
+    /// `omp_pause_resource_all` (OpenMP 5.0; libgomp since GCC 9).
+    active_level_fn: AtomicUsize,
+    max_active_fn: AtomicUsize,
+    pause_fn: AtomicUsize,
     /// Serialises "read the count, decide, set it" of per-call BLAS sizing:
     /// OpenBLAS's count is process-wide.
     pub blas_lock: Flag,
 }
 
-impl Copy {
+impl RuntimeCopy {
     pub fn path(&self) -> &[u8] {
         &self.path[..self.path_len]
     }
@@ -249,13 +261,64 @@ impl Copy {
         }
     }
 
+    /// True when a region started now on this thread would be inactive
+    /// (nested beyond `max-active-levels`): the runtime runs it with one
+    /// thread whatever it is asked, and the thread is already counted as a
+    /// worker of the enclosing team.
+    pub fn nested_inactive(&self) -> bool {
+        let (a, m) = (
+            self.active_level_fn.load(Acquire),
+            self.max_active_fn.load(Acquire),
+        );
+        if a == 0 || m == 0 {
+            return false;
+        }
+        // SAFETY: int(void) OpenMP API functions resolved from this copy.
+        let (level, max) = unsafe {
+            (
+                core::mem::transmute::<usize, extern "C" fn() -> c_int>(a)(),
+                core::mem::transmute::<usize, extern "C" fn() -> c_int>(m)(),
+            )
+        };
+        level > 0 && level >= max
+    }
+
+    /// `omp_pause_resource_all(omp_pause_hard)` in this copy: frees the calling
+    /// thread's pool. `None` when the copy has no such function; otherwise
+    /// whether it succeeded (libgomp refuses inside a region).
+    pub fn pause_hard(&self) -> Option<bool> {
+        let f = self.pause_fn.load(Acquire);
+        if f == 0 {
+            return None;
+        }
+        // SAFETY: int omp_pause_resource_all(omp_pause_resource_t), resolved
+        // from this copy; omp_pause_hard is 2 in every implementation.
+        Some(unsafe { core::mem::transmute::<usize, extern "C" fn(c_int) -> c_int>(f)(2) } == 0)
+    }
+
+    /// `name` as defined by this very copy (0 if it has none). Slow path only:
+    /// dlsym takes the loader's lock and may allocate for a missing name.
+    pub fn lookup(&self, name: &CStr) -> usize {
+        let h = self.handle.load(Acquire);
+        if h == 0 {
+            return 0;
+        }
+        // SAFETY: a pinned handle and a NUL-terminated name.
+        let p = unsafe { libc::dlsym(h as *mut c_void, name.as_ptr()) } as usize;
+        if p != 0 && owner_base(p) == Some(self.base) {
+            p
+        } else {
+            0
+        }
+    }
+
     pub fn confirmed(&self) -> bool {
         self.state.load(Acquire) == CONFIRMED
     }
 }
 
 struct Registry {
-    slots: [UnsafeCell<MaybeUninit<Copy>>; MAX_COPIES],
+    slots: [UnsafeCell<MaybeUninit<RuntimeCopy>>; MAX_COPIES],
     count: AtomicUsize,
     /// Writer flag (see `flag`): a half-written slot is invisible because
     /// `count` was not bumped.
@@ -276,17 +339,17 @@ static REGISTRY: Registry = Registry {
 };
 
 /// All published copies that are (or may yet be) runtimes.
-pub fn copies() -> impl Iterator<Item = (usize, &'static Copy)> {
+pub fn copies() -> impl Iterator<Item = (usize, &'static RuntimeCopy)> {
     all_slots().filter(|(_, c)| c.state.load(Acquire) != REJECTED)
 }
 
-fn all_slots() -> impl Iterator<Item = (usize, &'static Copy)> {
+fn all_slots() -> impl Iterator<Item = (usize, &'static RuntimeCopy)> {
     let n = REGISTRY.count.load(Acquire);
     // SAFETY: slots below `count` were fully written before publication.
     (0..n).map(|i| (i, unsafe { (*REGISTRY.slots[i].get()).assume_init_ref() }))
 }
 
-pub fn copy(index: usize) -> Option<&'static Copy> {
+pub fn copy(index: usize) -> Option<&'static RuntimeCopy> {
     if index < REGISTRY.count.load(Acquire) {
         // SAFETY: as in `copies`.
         Some(unsafe { (*REGISTRY.slots[index].get()).assume_init_ref() })
@@ -434,7 +497,7 @@ fn publish_pending(c: &Candidate) -> Option<usize> {
     if n == MAX_COPIES || known_base(c.base) {
         return None;
     }
-    let mut copy = Copy {
+    let mut copy = RuntimeCopy {
         imp: c.row.imp,
         base: c.base,
         lo: c.lo,
@@ -451,6 +514,9 @@ fn publish_pending(c: &Candidate) -> Option<usize> {
         blas_current: AtomicU32::new(0),
         blas_parallel: AtomicU32::new(0),
         parallel_fn: AtomicUsize::new(0),
+        active_level_fn: AtomicUsize::new(0),
+        max_active_fn: AtomicUsize::new(0),
+        pause_fn: AtomicUsize::new(0),
         blas_lock: Flag::new(),
     };
     copy.path[..c.path.len()].copy_from_slice(c.path.as_bytes());
@@ -478,7 +544,7 @@ pub fn confirm_pending() {
 
 /// Confirms one pending copy by symbols and resolves its functions. Caller
 /// holds the writer flag.
-fn confirm(index: usize, c: &Copy) {
+fn confirm(index: usize, c: &RuntimeCopy) {
     let row = rows()
         .find(|r| r.imp == c.imp)
         .expect("a copy's impl has a row");
@@ -514,6 +580,13 @@ fn confirm(index: usize, c: &Copy) {
     c.get.store(sym(row.get), Release);
     c.set.store(sym(row.set), Release);
     c.parallel_fn.store(sym(row.model), Release);
+    if row.imp.kind() == Kind::Openmp {
+        c.active_level_fn
+            .store(sym(&[c"omp_get_active_level"]), Release);
+        c.max_active_fn
+            .store(sym(&[c"omp_get_max_active_levels"]), Release);
+        c.pause_fn.store(sym(&[c"omp_pause_resource_all"]), Release);
+    }
     c.state.store(CONFIRMED, Release);
     info!(
         "runtime_found impl={} kind={} path={}",
@@ -556,7 +629,7 @@ pub fn copy_containing(addr: usize) -> Option<usize> {
 /// Lowers a copy's thread count to the budget if it is above it. Only call
 /// where calling into the runtime is safe: never from `pthread_create` (the
 /// runtime may be inside its own initialisation, holding its own locks).
-pub fn apply_budget(copy: &Copy, budget: u32, why: &str) {
+pub fn apply_budget(copy: &RuntimeCopy, budget: u32, why: &str) {
     if !copy.confirmed() || copy.budget_applied.swap(true, AcqRel) {
         return;
     }
@@ -614,14 +687,17 @@ fn cache_key(ret: usize, hook: u8) -> usize {
     (ret & 0x0000_ffff_ffff_ffff) | (usize::from(hook) << 56) | (1 << 55)
 }
 
+/// The key of a caller object's answer for one hook: its lowest address
+/// with bit 54 set, so it never equals a call-site key.
+fn object_key(obj_lo: usize, hook: u8) -> usize {
+    cache_key(obj_lo, hook) | (1 << 54)
+}
+
 fn slot_of(key: usize) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % CACHE_SLOTS
 }
 
-/// The target for a call of hook `hook` (exported as `name`) whose return
-/// address is `ret`.
-pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
-    let key = cache_key(ret, hook);
+fn cache_get(key: usize) -> Option<Target> {
     let start = slot_of(key);
     for i in 0..PROBES {
         let s = &CACHE[(start + i) % CACHE_SLOTS];
@@ -637,18 +713,44 @@ pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
             break;
         }
     }
-    let (target, cacheable) = resolve_slow(ret, name)?;
-    if !cacheable {
-        return Some(target);
-    }
+    None
+}
+
+fn cache_put(key: usize, target: Target) {
+    let start = slot_of(key);
     for i in 0..PROBES {
         let s = &CACHE[(start + i) % CACHE_SLOTS];
         if s.key.compare_exchange(0, BUSY, Acquire, Relaxed).is_ok() {
             s.real.store(target.real, Relaxed);
             s.copy.store(target.copy.map_or(0, |c| c + 1), Relaxed);
             s.key.store(key, Release);
-            break;
+            return;
         }
+    }
+}
+
+/// The target for a call of hook `hook` (exported as `name`) whose return
+/// address is `ret`. The answer is decided once per caller object (every
+/// call site of one object goes to the same copy, as the loader bound them
+/// all to one) and then cached per call site for the hot path.
+pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
+    let key = cache_key(ret, hook);
+    if let Some(t) = cache_get(key) {
+        return Some(t);
+    }
+    let obj = binding::object_at(ret);
+    if let Some(o) = obj {
+        if let Some(t) = cache_get(object_key(o.lo, hook)) {
+            cache_put(key, t);
+            return Some(t);
+        }
+    }
+    let (target, cacheable) = resolve_slow(ret, obj, name)?;
+    if cacheable {
+        if let Some(o) = obj {
+            cache_put(object_key(o.lo, hook), target);
+        }
+        cache_put(key, target);
     }
     Some(target)
 }
@@ -664,13 +766,20 @@ fn our_base() -> usize {
     b
 }
 
-/// Resolves like the loader does: the global scope first (the next definition
+/// Resolves as the loader bound the caller: first from the caller object's
+/// own resolved GOT entries (see `binding`); for an object with no resolved
+/// binding into a copy that defines `name` (lazy binding, or it imports
+/// nothing else from the runtime), as the loader would resolve it now: the
+/// global scope first (the next definition
 /// after the preload: the program's libraries, other preloads, RTLD_GLOBAL
 /// objects), then the caller's own scope (its object and its dependencies,
 /// where a privately loaded RTLD_LOCAL copy lives, as in Python extensions).
 /// Returns the target and whether it may be cached.
-fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
+fn resolve_slow(ret: usize, obj: Option<binding::Object>, name: &CStr) -> Option<(Target, bool)> {
     refresh();
+    if let Some(t) = obj.and_then(|o| bound_target(&o, name)) {
+        return Some((t, true));
+    }
     // SAFETY: RTLD_NEXT lookup of a NUL-terminated name.
     let mut real = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
     if real == 0 && ret != 0 {
@@ -697,6 +806,62 @@ fn resolve_slow(ret: usize, name: &CStr) -> Option<(Target, bool)> {
     // not cached as "no copy": fork protection and stats need the copy.
     let cacheable = copy.is_some() || row_for_path(object_name(real).as_bytes()).is_none();
     Some((Target { real, copy }, cacheable))
+}
+
+/// The copy the caller object's resolved bindings point into that defines
+/// `name`. When the object's bindings are split across two copies that both
+/// define it (possible with lazy binding, even without the shim), the copy
+/// with the most bindings wins and one warning names the object.
+fn bound_target(obj: &binding::Object, name: &CStr) -> Option<Target> {
+    let hits = binding::evidence(obj);
+    let mut best: Option<(usize, u32, usize)> = None;
+    let mut defining = 0;
+    for (i, c) in copies() {
+        if hits[i] == 0 || !c.confirmed() {
+            continue;
+        }
+        let p = c.lookup(name);
+        if p == 0 {
+            continue;
+        }
+        defining += 1;
+        if best.is_none_or(|(_, h, _)| hits[i] > h) {
+            best = Some((i, hits[i], p));
+        }
+    }
+    if defining > 1 {
+        warn_split(obj, name);
+    }
+    best.map(|(i, _, real)| Target {
+        real,
+        copy: Some(i),
+    })
+}
+
+/// One warning per caller object whose bindings into a runtime are split.
+fn warn_split(obj: &binding::Object, name: &CStr) {
+    static WARNED: [AtomicUsize; 32] = [const { AtomicUsize::new(0) }; 32];
+    for w in &WARNED {
+        match w.compare_exchange(0, obj.lo, Relaxed, Relaxed) {
+            Ok(_) => break,
+            Err(v) if v == obj.lo => return,
+            Err(_) => {}
+        }
+    }
+    let path = object_name(obj.lo);
+    log::warn!(
+        "split_binding object={} symbol={} advice=\"this object's calls into one OpenMP/BLAS runtime are bound to two loaded copies (lazy binding after another copy was loaded RTLD_GLOBAL); its regions may compute wrong results with or without parbudget; load the runtime copies RTLD_LOCAL or import this library first\"",
+        Quoted(path.as_bytes()),
+        Quoted(name.to_bytes())
+    );
+    crate::report::add_warning_fmt(
+        "split_binding",
+        format_args!(
+            "{} is bound to two copies of one runtime ({})",
+            Quoted(path.as_bytes()),
+            Quoted(name.to_bytes())
+        ),
+    );
 }
 
 /// `dlsym(name)` in the scope of the loaded object at `path` (0 if none).

@@ -1,0 +1,118 @@
+/* Regions that split their work by the team size they ASKED for, never by
+ * omp_get_num_threads() (as xgboost's ParallelFor2d does): thread i processes
+ * blocks [i*chunk, (i+1)*chunk) with chunk = ceil(B/n). A team smaller than n
+ * silently skips the blocks of the threads that never came, and the call's
+ * sum comes out wrong.
+ *
+ * usage: split_by_n T R MODE [N]
+ *   T pthreads (started together at a barrier) each make R calls.
+ *   MODE clause:    #pragma omp parallel num_threads(n), n = N (default 2)
+ *        noclause:  n = omp_get_max_threads(); #pragma omp parallel
+ *                   (with dynamic adjustment off, OpenMP gives such a region
+ *                   exactly omp_get_max_threads() threads)
+ *        selfcheck: asks num_threads(n-1) but splits by n: a team one short
+ *                   of the split, so every call must come out wrong; proves
+ *                   the check catches missing blocks.
+ * Prints calls, wrong_calls, max_team, min_team (omp_get_num_threads() seen
+ * by thread 0, for reporting only), min_n, max_n (the n split by), dynamic. */
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define B 64     /* blocks per call */
+#define W 256    /* items per block */
+#define MAXT 64
+
+enum mode { CLAUSE, NOCLAUSE, SELFCHECK };
+static enum mode mode = CLAUSE;
+static int calls_per_thread = 2000, req_n = 2;
+static pthread_barrier_t start;
+
+struct stats { long calls, wrong; int max_team, min_team, max_n, min_n; };
+
+static unsigned long block_value(int b, unsigned call) {
+    unsigned long s = 0;
+    for (unsigned i = (unsigned)b * W; i < (unsigned)(b + 1) * W; i++)
+        s += ((i * 2654435761u) ^ call) >> 7;
+    return s;
+}
+
+static void do_blocks(unsigned long *acc, int id, int n, unsigned call) {
+    int chunk = (B + n - 1) / n;
+    int lo = id * chunk, hi = lo + chunk;
+    if (hi > B) hi = B;
+    for (int b = lo; b < hi; b++) acc[b] = block_value(b, call);
+}
+
+static void *worker(void *arg) {
+    struct stats *st = arg;
+    unsigned long acc[B];
+    st->max_team = 0; st->min_team = 1 << 30; st->max_n = 0; st->min_n = 1 << 30;
+    pthread_barrier_wait(&start);
+    for (int c = 0; c < calls_per_thread; c++) {
+        unsigned call = (unsigned)c * 7919u;
+        int n, team = 0;
+        memset(acc, 0, sizeof acc);
+        if (mode == NOCLAUSE) {
+            n = omp_get_max_threads();
+#pragma omp parallel
+            {
+                int id = omp_get_thread_num();
+                if (id == 0) team = omp_get_num_threads();
+                do_blocks(acc, id, n, call);
+            }
+        } else {
+            n = req_n;
+            int ask = mode == SELFCHECK ? n - 1 : n;
+#pragma omp parallel num_threads(ask)
+            {
+                int id = omp_get_thread_num();
+                if (id == 0) team = omp_get_num_threads();
+                do_blocks(acc, id, n, call);
+            }
+        }
+        unsigned long got = 0, want = 0;
+        for (int b = 0; b < B; b++) { got += acc[b]; want += block_value(b, call); }
+        st->calls++;
+        if (got != want) st->wrong++;
+        if (team > st->max_team) st->max_team = team;
+        if (team < st->min_team) st->min_team = team;
+        if (n > st->max_n) st->max_n = n;
+        if (n < st->min_n) st->min_n = n;
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    int t = argc > 1 ? atoi(argv[1]) : 4;
+    if (argc > 2) calls_per_thread = atoi(argv[2]);
+    if (argc > 3) {
+        if (!strcmp(argv[3], "clause")) mode = CLAUSE;
+        else if (!strcmp(argv[3], "noclause")) mode = NOCLAUSE;
+        else if (!strcmp(argv[3], "selfcheck")) mode = SELFCHECK;
+        else { fprintf(stderr, "bad mode %s\n", argv[3]); return 2; }
+    }
+    if (argc > 4) req_n = atoi(argv[4]);
+    if (t < 1) t = 1;
+    if (t > MAXT) t = MAXT;
+    if (req_n < 1 || (mode == SELFCHECK && req_n < 2)) { fprintf(stderr, "bad n\n"); return 2; }
+    pthread_t th[MAXT];
+    static struct stats st[MAXT];
+    pthread_barrier_init(&start, NULL, t);
+    for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, &st[i]);
+    long calls = 0, wrong = 0;
+    int max_team = 0, min_team = 1 << 30, max_n = 0, min_n = 1 << 30;
+    for (int i = 0; i < t; i++) {
+        pthread_join(th[i], NULL);
+        calls += st[i].calls; wrong += st[i].wrong;
+        if (st[i].max_team > max_team) max_team = st[i].max_team;
+        if (st[i].min_team < min_team) min_team = st[i].min_team;
+        if (st[i].max_n > max_n) max_n = st[i].max_n;
+        if (st[i].min_n < min_n) min_n = st[i].min_n;
+    }
+    printf("threads=%d\ncalls=%ld\nwrong_calls=%ld\nmax_team=%d\nmin_team=%d\nmax_n=%d\nmin_n=%d\ndynamic=%d\n",
+           t, calls, wrong, max_team, min_team, max_n, min_n, omp_get_dynamic());
+    return 0;
+}

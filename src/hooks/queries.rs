@@ -1,0 +1,59 @@
+//! The OpenMP queries that code sizes its work by: `omp_get_max_threads()`
+//! and `omp_get_thread_limit()`. They tell the truth about the budget, so
+//! code that asks before it starts a region (scikit-learn's
+//! `_openmp_effective_n_threads`, xgboost's thread count, torch's
+//! `parallel_for`, MKL) requests a team that fits and then gets exactly what
+//! it requested (see `grant` for the whole rule).
+
+use super::{call, cname, fenced, fork, grant, resolve_or_abort, take_caller, trampoline};
+use crate::runtime;
+use core::ffi::c_int;
+
+/// `omp_get_max_threads()`: what the ledger would grant this thread now,
+/// never more than the runtime's own answer or the budget. The answer is
+/// remembered as this thread's promise (its next regions without a clause
+/// get exactly that many). Inside a region whose nested regions would be
+/// inactive the runtime's own answer stands, and promises nothing.
+unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
+    let ret = take_caller();
+    let settings = crate::init::ensure();
+    let t = resolve_or_abort(ret, 20, cname("omp_get_max_threads\0"));
+    let own = call!(t.real, fn() -> c_int,);
+    fenced(own, || {
+        let Some(s) = settings else { return own };
+        let copy = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
+        if let Some((i, c)) = copy {
+            if fork::serial_here(i) {
+                // A forked child whose pool could not be freed: one thread.
+                grant::promise(1);
+                return 1;
+            }
+            if c.nested_inactive() {
+                return own;
+            }
+        }
+        let want = (own.max(1) as u32).min(s.budget.cores);
+        let n = grant::would_grant(want);
+        grant::promise(n);
+        n as c_int
+    })
+}
+trampoline!(omp_get_max_threads => omp_get_max_threads_hook);
+
+/// `omp_get_thread_limit()`: the budget is the thread limit (1 in a forked
+/// child whose pool could not be freed).
+unsafe extern "C-unwind" fn omp_get_thread_limit_hook() -> c_int {
+    let ret = take_caller();
+    let settings = crate::init::ensure();
+    let t = resolve_or_abort(ret, 21, cname("omp_get_thread_limit\0"));
+    let own = call!(t.real, fn() -> c_int,);
+    fenced(own, || {
+        let Some(s) = settings else { return own };
+        if t.copy.is_some_and(fork::serial_here) {
+            return 1;
+        }
+        own.min(s.budget.cores.min(c_int::MAX as u32) as c_int)
+            .max(1)
+    })
+}
+trampoline!(omp_get_thread_limit => omp_get_thread_limit_hook);

@@ -1,0 +1,211 @@
+//! Which runtime copy a caller object is bound to, read from its own GOT.
+//!
+//! Why: Python loads extensions with `RTLD_NOW`, so at import each object's
+//! calls into a runtime (`omp_get_thread_num`, `GOMP_loop_*_next`, ...) are
+//! bound to the copy visible then, usually its own vendored one. A later
+//! `RTLD_GLOBAL` load of another copy (`import torch`, or ctypes with
+//! `RTLD_GLOBAL`) changes what the global scope finds, not what the object
+//! is bound to. A region forwarded to the global copy while its body asks its
+//! own copy for its thread number gives every worker "thread 0 of 1".
+//!
+//! So the answer comes from the caller's resolved GOT entries for the symbols
+//! we do not interpose: each one points into the copy the loader chose. An
+//! entry still pointing into the object itself is an unresolved lazy PLT slot
+//! and says nothing. The symbols we interpose point into our own object, which
+//! is never a registered copy, so they are ignored without a name list.
+//!
+//! Pure parsing of the dynamic section is split out (`scan_relocations`) so it
+//! can be unit-tested on this test binary's own GOT.
+
+use super::MAX_COPIES;
+use core::ffi::{c_int, c_void};
+
+/// The loaded object containing an address: its load bias, the range of its
+/// PT_LOAD segments and the address of its dynamic section.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Object {
+    pub bias: usize,
+    pub lo: usize,
+    pub hi: usize,
+    pub dynamic: usize,
+}
+
+impl Object {
+    pub fn contains(&self, addr: usize) -> bool {
+        self.lo <= addr && addr < self.hi
+    }
+}
+
+/// Finds the loaded object whose segments contain `addr`. Takes only the
+/// loader's list lock (through `dl_iterate_phdr`), never `dl_load_lock`.
+pub fn object_at(addr: usize) -> Option<Object> {
+    struct Find {
+        addr: usize,
+        found: Option<Object>,
+    }
+    unsafe extern "C" fn each(
+        info: *mut libc::dl_phdr_info,
+        _size: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: glibc passes a valid info; `data` is our Find.
+        let (info, f) = unsafe { (&*info, &mut *(data as *mut Find)) };
+        let (mut lo, mut hi, mut dynamic) = (usize::MAX, 0usize, 0usize);
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: dlpi_phdr has dlpi_phnum entries.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+            if ph.p_type == libc::PT_LOAD {
+                lo = lo.min(start);
+                hi = hi.max(start + ph.p_memsz as usize);
+            } else if ph.p_type == libc::PT_DYNAMIC {
+                dynamic = start;
+            }
+        }
+        if lo <= f.addr && f.addr < hi {
+            f.found = Some(Object {
+                bias: info.dlpi_addr as usize,
+                lo,
+                hi,
+                dynamic,
+            });
+            return 1;
+        }
+        0
+    }
+    let mut f = Find { addr, found: None };
+    // SAFETY: the callback only reads the info it is given and writes `f`.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&mut f as *mut Find).cast()) };
+    f.found
+}
+
+#[cfg(target_arch = "x86_64")]
+const BIND_TYPES: [u32; 2] = [6, 7]; // R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
+#[cfg(target_arch = "aarch64")]
+const BIND_TYPES: [u32; 2] = [1025, 1026]; // R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT
+
+const DT_NULL: i64 = 0;
+const DT_PLTRELSZ: i64 = 2;
+const DT_RELA: i64 = 7;
+const DT_RELASZ: i64 = 8;
+const DT_JMPREL: i64 = 23;
+
+#[repr(C)]
+struct Rela {
+    offset: u64,
+    info: u64,
+    addend: i64,
+}
+
+/// Calls `each(value)` for every resolved binding slot (GLOB_DAT, JUMP_SLOT)
+/// of `obj` whose value points outside the object (a lazy slot not yet bound
+/// points into the object's own PLT and is skipped).
+///
+/// SAFETY: `obj` must describe an object that stays loaded during the call
+/// (the caller of a hook is executing inside it).
+pub unsafe fn scan_relocations(obj: &Object, mut each: impl FnMut(usize)) {
+    if obj.dynamic == 0 {
+        return;
+    }
+    // glibc relocates the pointer entries of a writable dynamic section in
+    // place (it adds the load bias); a read-only one keeps file offsets.
+    // Accept both: a value inside the object is already an address.
+    let addr = |v: u64| -> usize {
+        let v = v as usize;
+        if obj.contains(v) {
+            v
+        } else {
+            obj.bias.wrapping_add(v)
+        }
+    };
+    let (mut rela, mut relasz, mut jmprel, mut pltrelsz) = (0usize, 0usize, 0usize, 0usize);
+    let mut d = obj.dynamic as *const [i64; 2];
+    for _ in 0..4096 {
+        // SAFETY: the dynamic section is an array of (tag, value) pairs ended by DT_NULL.
+        let [tag, val] = unsafe { *d };
+        match tag {
+            DT_NULL => break,
+            DT_RELA => rela = addr(val as u64),
+            DT_RELASZ => relasz = val as usize,
+            DT_JMPREL => jmprel = addr(val as u64),
+            DT_PLTRELSZ => pltrelsz = val as usize,
+            _ => {}
+        }
+        // SAFETY: not past DT_NULL yet.
+        d = unsafe { d.add(1) };
+    }
+    for (table, size) in [(rela, relasz), (jmprel, pltrelsz)] {
+        if table == 0 || !obj.contains(table) || !obj.contains(table + size.saturating_sub(1)) {
+            continue;
+        }
+        let n = size / core::mem::size_of::<Rela>();
+        for i in 0..n {
+            // SAFETY: within the relocation table checked above.
+            let r = unsafe { &*(table as *const Rela).add(i) };
+            if !BIND_TYPES.contains(&((r.info & 0xffff_ffff) as u32)) {
+                continue;
+            }
+            let slot = obj.bias.wrapping_add(r.offset as usize);
+            if !obj.contains(slot) || slot % core::mem::align_of::<usize>() != 0 {
+                continue;
+            }
+            // SAFETY: an aligned GOT slot inside the loaded object.
+            let value = unsafe { core::ptr::read_volatile(slot as *const usize) };
+            if value != 0 && !obj.contains(value) {
+                each(value);
+            }
+        }
+    }
+}
+
+/// How many of the caller object's resolved bindings point into each
+/// registered runtime copy (indexed like the registry).
+pub fn evidence(obj: &Object) -> [u32; MAX_COPIES] {
+    let mut hits = [0u32; MAX_COPIES];
+    // SAFETY: `obj` is the object of a hook's caller, loaded while it runs.
+    unsafe {
+        scan_relocations(obj, |v| {
+            if let Some(i) = super::copy_containing(v) {
+                hits[i] = hits[i].saturating_add(1);
+            }
+        })
+    };
+    hits
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_binary_and_its_resolved_libc_bindings() {
+        let here = finds_this_binary_and_its_resolved_libc_bindings as usize;
+        let obj = object_at(here).expect("the test binary is a loaded object");
+        assert!(obj.contains(here));
+        assert_ne!(
+            obj.dynamic, 0,
+            "a dynamically linked test binary has PT_DYNAMIC"
+        );
+        // The test binary imports libc's functions: some resolved slot must
+        // point into the object that defines `getpid`.
+        let libc_obj = object_at(libc::getpid as usize).expect("libc is loaded");
+        let mut into_libc = 0;
+        let mut outside = 0;
+        // SAFETY: the test binary stays loaded.
+        unsafe {
+            scan_relocations(&obj, |v| {
+                outside += 1;
+                if libc_obj.contains(v) {
+                    into_libc += 1;
+                }
+            })
+        };
+        assert!(outside > 0, "no resolved binding found");
+        assert!(into_libc > 0, "no binding into libc found among {outside}");
+    }
+
+    #[test]
+    fn no_object_at_null() {
+        assert!(object_at(0).is_none());
+    }
+}
