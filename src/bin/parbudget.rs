@@ -26,7 +26,7 @@ options:
   --cores N       the core budget (PARBUDGET_CORES); default: affinity and cgroup quota
   --log LEVEL     error|warn|info|debug|trace or env_logger directives (PARBUDGET_LOG)
   --report PATH   'stderr' for a table at exit, or a JSON file; %p is the pid (PARBUDGET_REPORT)
-  --fork POLICY   serial|abort|warn: a child forked after GNU OpenMP (PARBUDGET_FORK)
+  --fork POLICY   fresh|serial|abort|warn: a fork after GNU OpenMP (PARBUDGET_FORK)
   --json          doctor: print the report JSON only, on stdout
 
 The shim is found beside this binary, in ../lib, or at PARBUDGET_LIB.";
@@ -92,9 +92,9 @@ fn parse(args: &[OsString], doctor: bool) -> Result<Opts, String> {
             "--report" if !doctor => o.report = Some(value("--report")?),
             "--fork" => {
                 let v = value("--fork")?;
-                if !["serial", "abort", "warn"].contains(&v.as_str()) {
+                if !["fresh", "serial", "abort", "warn"].contains(&v.as_str()) {
                     return Err(format!(
-                        "bad --fork value '{v}': expected serial, abort or warn"
+                        "bad --fork value '{v}': expected fresh, serial, abort or warn"
                     ));
                 }
                 o.fork = Some(v);
@@ -382,7 +382,10 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
                 "two OpenMP runtimes in one process: install packages built against the same runtime (e.g. all from conda-forge, or all wheels)."
             }
             "openblas_conflict" => {
-                "several OpenBLAS copies: each has its own pool; parbudget's budget covers the calls it sees."
+                "several OpenBLAS copies (normal with numpy and scipy from PyPI): each has its own pool; parbudget sizes the calls of all of them from one ledger."
+            }
+            "split_binding" => {
+                "an object is bound to two copies of one runtime (lazy binding after a later RTLD_GLOBAL load): import that library before the one that loads a second copy globally."
             }
             _ => "",
         };
