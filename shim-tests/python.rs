@@ -165,3 +165,37 @@ fn multiprocessing_fork_after_scikit_learn_vendored_libgomp_completes() {
         assert!(rel < 1e-12, "{w} vs {p_inertia}");
     }
 }
+
+#[test]
+fn fork_after_teams_in_two_libgomp_copies_keeps_both_full_and_equal() {
+    // scikit-learn's vendored libgomp (KMeans) and the system one (a ctypes
+    // library) both ran teams on the forking thread: both pools are freed
+    // before fork, and the child computes what the parent computed.
+    let dir = tempdir("fork-two-copies");
+    let r = cmd(
+        &python(),
+        &[&py("fork_two_copies.py"), &fixture("libregions.so")],
+    )
+    .shim()
+    .cores(2)
+    .report_into(&dir)
+    .timeout(120)
+    .run();
+    r.ok();
+    assert_eq!(r.int("child_status"), 0);
+    assert_eq!(r.get("child_fit"), r.get("parent_fit"));
+    assert_eq!(r.get("parent_after_fit"), r.get("parent_fit"));
+    assert_eq!(r.int("child_team"), 2);
+    assert_eq!(r.int("parent_after_team"), 2);
+    let reps = reports(&dir);
+    let forks: Vec<_> = reps
+        .iter()
+        .flat_map(|x| x["warnings"].as_array().unwrap().iter())
+        .filter(|w| w["kind"] == "fork_after_gomp")
+        .map(|w| w["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(forks.len(), 2, "one entry per libgomp copy: {forks:?}");
+    assert!(forks.iter().any(|m| m.contains("scikit_learn.libs")));
+    assert!(forks.iter().all(|m| m.contains("freed before fork")));
+    assert!(!r.stderr.contains(" WARN "), "{}", r.stderr);
+}

@@ -741,6 +741,10 @@ pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
     let obj = binding::object_at(ret);
     if let Some(o) = obj {
         if let Some(t) = cache_get(object_key(o.lo, hook)) {
+            // A new call site of a known object: the object keeps its answer
+            // (all its call sites go to one copy), but a lazily bound object
+            // may have split its bindings since: look again, to warn.
+            check_split(&o, name);
             cache_put(key, t);
             return Some(t);
         }
@@ -836,6 +840,17 @@ fn bound_target(obj: &binding::Object, name: &CStr) -> Option<Target> {
         real,
         copy: Some(i),
     })
+}
+
+/// Warns if `obj`'s bindings are now split across two copies defining `name`.
+fn check_split(obj: &binding::Object, name: &CStr) {
+    let hits = binding::evidence(obj);
+    let defining = copies()
+        .filter(|(i, c)| hits[*i] > 0 && c.confirmed() && c.lookup(name) != 0)
+        .count();
+    if defining > 1 {
+        warn_split(obj, name);
+    }
 }
 
 /// One warning per caller object whose bindings into a runtime are split.
