@@ -10,12 +10,27 @@ use crate::runtime::{self, Impl, Kind};
 use crate::stackbuf::Quoted;
 use log::info;
 
-/// Called when copy `new` is confirmed; compares it with every copy confirmed
-/// before it, so each pair is considered exactly once.
-pub fn check_new(new: usize) {
+/// Compares each copy confirmed since the last call with every copy
+/// confirmed before it, so each pair is considered exactly once.
+pub fn check_pending() {
+    let bits = runtime::take_unchecked();
+    if bits == 0 {
+        return;
+    }
+    for i in 0..64 {
+        if bits & (1 << i) != 0 {
+            check_new(i, bits);
+        }
+    }
+}
+
+/// Compares copy `new` with the confirmed copies that are not in `later`
+/// (the batch being checked) or come before it in that batch.
+fn check_new(new: usize, batch: u64) {
     let Some(b) = runtime::copy(new) else { return };
     for (i, a) in runtime::copies() {
-        if i == new || !a.confirmed() {
+        let in_batch = i < 64 && batch & (1 << i) != 0;
+        if i == new || !a.confirmed() || (in_batch && i > new) {
             continue;
         }
         let (a, b) = (a, b);
@@ -42,7 +57,7 @@ pub fn check_new(new: usize) {
                 Quoted(b.path()),
                 advice
             );
-            crate::report::add_warning_fmt(
+            crate::warnings::add_warning_fmt(
                 "openmp_conflict",
                 format_args!(
                     "two OpenMP runtimes: {} {} and {} {}; {}",
@@ -68,7 +83,7 @@ pub fn check_new(new: usize) {
                 Quoted(b.path()),
                 advice
             );
-            crate::report::add_warning_fmt(
+            crate::warnings::add_warning_fmt(
                 "openblas_conflict",
                 format_args!(
                     "two OpenBLAS copies: {} and {}; {}",
@@ -91,7 +106,7 @@ pub fn check_new(new: usize) {
                 omp.imp.name(),
                 Quoted(omp.path())
             );
-            crate::report::add_warning_fmt(
+            crate::warnings::add_warning_fmt(
                 "cpu_waiting_risk",
                 format_args!(
                     "OpenBLAS {} beside OpenMP {} {}",

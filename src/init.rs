@@ -51,7 +51,6 @@ pub fn ensure() -> Option<&'static Settings> {
             let _ = SETTINGS.set(s);
             STATE.store(READY, Release);
             IN_INIT.with(|f| f.set(false));
-            after_ready();
         }
         Err(_) => {
             while STATE.load(Acquire) != READY {
@@ -194,30 +193,4 @@ fn read_settings() -> Settings {
         report_signal,
         scope,
     }
-}
-
-/// Work that may log or touch the registry, done once settings are published.
-fn after_ready() {
-    crate::runtime::refresh();
-    crate::hooks::fork::install_atfork();
-}
-
-/// Our constructor: init now, then bring copies that were loaded (and whose
-/// constructors ran) before us under the budget. Calling libgomp or OpenBLAS
-/// here is safe: their constructors have either run (we correct what they read)
-/// or not (they will read the environment we just exported). libomp/libiomp
-/// initialise lazily on first use and read that environment then, so we leave
-/// them alone rather than start them from a constructor.
-pub fn constructor() {
-    let Some(s) = ensure() else { return };
-    crate::hooks::fenced((), || {
-        for (_, c) in crate::runtime::copies() {
-            if matches!(c.imp, crate::runtime::Impl::Libgomp)
-                || c.imp.kind() == crate::runtime::Kind::Blas
-            {
-                crate::runtime::apply_budget(c, s.budget.cores, "constructor");
-            }
-        }
-        crate::report::install(s);
-    });
 }

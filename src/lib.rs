@@ -5,6 +5,7 @@
 // (`cfg(not(test))`), which leaves the hook bodies unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod boundary;
 mod budget;
 mod config;
 mod conflicts;
@@ -14,12 +15,14 @@ mod hooks;
 mod init;
 mod ledger;
 mod logging;
+mod process;
 mod report;
 mod runtime;
 mod stackbuf;
+mod warnings;
 
 #[cfg(not(test))]
 #[ctor::ctor(unsafe)]
 fn parbudget_constructor() {
-    init::constructor();
+    hooks::constructor();
 }

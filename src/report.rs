@@ -9,82 +9,15 @@
 //! regions, mean_team, requests_cut, over_budget}], other_threads: {created, live, peak},
 //! warnings: [{kind, message}]}`
 
-use crate::flag::Flag;
-use crate::hooks::fork::KNOWN_PID;
-use crate::hooks::threads::OTHER;
 use crate::init::Settings;
 use crate::logging::write_all;
+use crate::process;
 use crate::runtime;
+use crate::runtime::OTHER;
 use crate::stackbuf::StackBuf;
-use core::cell::UnsafeCell;
+use crate::warnings;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
-
-const MAX_WARNINGS: usize = 32;
-const MSG_LEN: usize = 600;
-
-struct Warning {
-    kind: &'static str,
-    msg: [u8; MSG_LEN],
-    len: usize,
-}
-
-struct Warnings {
-    slots: [UnsafeCell<Warning>; MAX_WARNINGS],
-    count: AtomicUsize,
-    writer: Flag,
-}
-
-// SAFETY: a slot is written under `writer` before `count` publishes it and is
-// never written again.
-unsafe impl Sync for Warnings {}
-
-static WARNINGS: Warnings = Warnings {
-    slots: [const {
-        UnsafeCell::new(Warning {
-            kind: "",
-            msg: [0; MSG_LEN],
-            len: 0,
-        })
-    }; MAX_WARNINGS],
-    count: AtomicUsize::new(0),
-    writer: Flag::new(),
-};
-
-/// Records a warning for the report (the caller logs its own line).
-pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
-    // Bounded: losing one entry beats hanging behind a stuck writer.
-    let Some(_held) = WARNINGS.writer.take(10_000) else {
-        return;
-    };
-    let n = WARNINGS.count.load(Relaxed);
-    if n < MAX_WARNINGS {
-        let mut b = StackBuf::<MSG_LEN>::new();
-        let _ = b.write_fmt(msg);
-        // SAFETY: slot n is unpublished and we hold the writer flag.
-        let w = unsafe { &mut *WARNINGS.slots[n].get() };
-        w.kind = kind;
-        w.len = b.len();
-        w.msg[..b.len()].copy_from_slice(b.as_bytes());
-        WARNINGS.count.store(n + 1, Release);
-    }
-}
-
-/// Atfork child handler: the child's report lists the child's own warnings
-/// (an atomic store; a slot being written by a vanished thread is dropped).
-pub fn reset_in_child() {
-    WARNINGS.count.store(0, Relaxed);
-    WARNINGS.writer.reset_in_child();
-}
-
-fn warnings() -> impl Iterator<Item = (&'static str, &'static [u8])> {
-    let n = WARNINGS.count.load(Acquire);
-    (0..n).map(|i| {
-        // SAFETY: published slots are immutable.
-        let w = unsafe { &*WARNINGS.slots[i].get() };
-        (w.kind, &w.msg[..w.len])
-    })
-}
 
 /// A buffered writer to a file descriptor, flushing with `write(2)`.
 struct Out {
@@ -179,7 +112,7 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
         OTHER.threads_live.load(Relaxed),
         OTHER.threads_peak.load(Relaxed)
     )?;
-    for (i, (kind, msg)) in warnings().enumerate() {
+    for (i, (kind, msg)) in warnings::all().enumerate() {
         write!(
             o,
             "{}{{\"kind\":\"{}\",\"message\":{}}}",
@@ -244,7 +177,7 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
         OTHER.threads_live.load(Relaxed),
         OTHER.threads_peak.load(Relaxed)
     )?;
-    for (kind, msg) in warnings() {
+    for (kind, msg) in warnings::all() {
         write!(o, "  warning {}: ", kind)?;
         o.buf.push_bytes(msg);
         o.write_str("\n")?;
@@ -332,28 +265,14 @@ pub fn write_now() {
     };
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
-    if pid != KNOWN_PID.load(Relaxed) || WRITTEN.swap(pid, AcqRel) == pid {
+    if pid != process::known_pid() || WRITTEN.swap(pid, AcqRel) == pid {
         return;
     }
     // Not a signal handler: copies seen only by pthread_create can be
     // confirmed now, so the report names only real runtimes.
     runtime::confirm_pending();
+    crate::conflicts::check_pending();
     write_to_destination(s, dest);
-}
-
-/// Leaving the process: the report, then our ledger share back. Never in a
-/// vfork child (it shares our memory, our slot included).
-fn on_exit() {
-    // SAFETY: getpid has no preconditions.
-    if unsafe { libc::getpid() } != KNOWN_PID.load(Relaxed) {
-        return;
-    }
-    write_now();
-    crate::ledger::at_exit();
-}
-
-extern "C" fn at_exit() {
-    crate::hooks::fenced((), on_exit);
 }
 
 static OLD_ACTION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
@@ -387,11 +306,8 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     unsafe { *libc::__errno_location() = saved_errno };
 }
 
-/// Registers the exit report and the signal report. Called from our constructor.
+/// Registers the signal report. Called from our constructor.
 pub fn install(s: &Settings) {
-    // Always: the exit handler also gives the ledger share back.
-    // SAFETY: registering a plain extern "C" function.
-    unsafe { libc::atexit(at_exit) };
     if let Some(sig) = s.report_signal {
         // SAFETY: installs a SA_SIGINFO handler, keeping the old action to chain.
         unsafe {
@@ -406,20 +322,4 @@ pub fn install(s: &Settings) {
             }
         }
     }
-}
-
-redhook::hook! {
-    unsafe fn _exit(status: libc::c_int) => parbudget_exit {
-        // Python's multiprocessing children end with os._exit: write their
-        // report here, since atexit handlers do not run.
-        crate::hooks::fenced((), on_exit);
-        unsafe { redhook::real!(_exit)(status) }
-    }
-}
-
-/// Resolves the real `_exit` now, in the parent: redhook resolves lazily, and
-/// a forked child's first `_exit` would otherwise pay a dlsym under the
-/// loader's lock on every fork (measured: most of the shim's fork cost).
-pub fn preresolve() {
-    let _ = redhook::real!(_exit);
 }

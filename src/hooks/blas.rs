@@ -17,19 +17,20 @@
 //! Fortran `{,scipy_}{s,d,c,z}gemm_` that scipy.linalg and Fortran code call.
 
 use super::grant::{self, GiveBack, Grant};
-use super::{call, cname, fenced, resolve_or_abort, take_caller, trampoline};
+use super::table::Hook;
+use super::{call, fenced, resolve_or_abort, take_caller, trampoline};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
-use core::ffi::CStr;
 use core::sync::atomic::Ordering::Relaxed;
 use log::debug;
 
 type P = *mut core::ffi::c_void;
 
 /// Sizes one BLAS call; returns the real function and the grant.
-fn enter(ret: usize, hook: u8, name: &'static CStr) -> (usize, Grant) {
-    let settings = crate::init::ensure();
-    let t = resolve_or_abort(ret, hook, name);
+fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
+    let settings = super::ensure();
+    let name = hook.name();
+    let t = resolve_or_abort(ret, hook);
     let Some(s) = settings else {
         return (t.real, Grant::default());
     };
@@ -75,9 +76,9 @@ fn enter(ret: usize, hook: u8, name: &'static CStr) -> (usize, Grant) {
 
 /// One hooked BLAS entry point: size, forward, give back.
 macro_rules! blas {
-    ($id:expr, $name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
+    ($name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
         unsafe extern "C-unwind" fn $body($($a: $t),*) {
-            let (real, g) = enter(take_caller(), $id, cname(concat!(stringify!($name), "\0")));
+            let (real, g) = enter(take_caller(), Hook::$name);
             let _give_back = GiveBack(g);
             call!(real, fn($($t),*) -> (), $($a),*);
         }
@@ -85,67 +86,67 @@ macro_rules! blas {
     };
 }
 
-// Hook ids 100..=147. Complex routines take alpha/beta by pointer; real ones
+// Complex routines take alpha/beta by pointer; real ones
 // by value in vector registers (the trampoline saves those too).
-blas!(100, cblas_sgemm, blas_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
-blas!(101, cblas_dgemm, blas_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
-blas!(102, cblas_cgemm, blas_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(103, cblas_zgemm, blas_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(104, cblas_ssyrk, blas_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
-blas!(105, cblas_dsyrk, blas_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
-blas!(106, cblas_csyrk, blas_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(107, cblas_zsyrk, blas_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(108, cblas_sgemv, blas_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
-blas!(109, cblas_dgemv, blas_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
-blas!(110, cblas_cgemv, blas_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(111, cblas_zgemv, blas_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(112, cblas_sgemm64_, blas_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
-blas!(113, cblas_dgemm64_, blas_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
-blas!(114, cblas_cgemm64_, blas_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(115, cblas_zgemm64_, blas_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(116, cblas_ssyrk64_, blas_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
-blas!(117, cblas_dsyrk64_, blas_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
-blas!(118, cblas_csyrk64_, blas_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(119, cblas_zsyrk64_, blas_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(120, cblas_sgemv64_, blas_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
-blas!(121, cblas_dgemv64_, blas_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
-blas!(122, cblas_cgemv64_, blas_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(123, cblas_zgemv64_, blas_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(124, scipy_cblas_sgemm, blas_scipy_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
-blas!(125, scipy_cblas_dgemm, blas_scipy_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
-blas!(126, scipy_cblas_cgemm, blas_scipy_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(127, scipy_cblas_zgemm, blas_scipy_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(128, scipy_cblas_ssyrk, blas_scipy_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
-blas!(129, scipy_cblas_dsyrk, blas_scipy_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
-blas!(130, scipy_cblas_csyrk, blas_scipy_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(131, scipy_cblas_zsyrk, blas_scipy_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(132, scipy_cblas_sgemv, blas_scipy_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
-blas!(133, scipy_cblas_dgemv, blas_scipy_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
-blas!(134, scipy_cblas_cgemv, blas_scipy_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(135, scipy_cblas_zgemv, blas_scipy_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(136, scipy_cblas_sgemm64_, blas_scipy_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
-blas!(137, scipy_cblas_dgemm64_, blas_scipy_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
-blas!(138, scipy_cblas_cgemm64_, blas_scipy_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(139, scipy_cblas_zgemm64_, blas_scipy_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
-blas!(140, scipy_cblas_ssyrk64_, blas_scipy_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
-blas!(141, scipy_cblas_dsyrk64_, blas_scipy_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
-blas!(142, scipy_cblas_csyrk64_, blas_scipy_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(143, scipy_cblas_zsyrk64_, blas_scipy_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
-blas!(144, scipy_cblas_sgemv64_, blas_scipy_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
-blas!(145, scipy_cblas_dgemv64_, blas_scipy_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
-blas!(146, scipy_cblas_cgemv64_, blas_scipy_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
-blas!(147, scipy_cblas_zgemv64_, blas_scipy_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(cblas_sgemm, blas_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(cblas_dgemm, blas_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(cblas_cgemm, blas_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_zgemm, blas_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_ssyrk, blas_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(cblas_dsyrk, blas_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(cblas_csyrk, blas_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_zsyrk, blas_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_sgemv, blas_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(cblas_dgemv, blas_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(cblas_cgemv, blas_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(cblas_zgemv, blas_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(cblas_sgemm64_, blas_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(cblas_dgemm64_, blas_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(cblas_cgemm64_, blas_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_zgemm64_, blas_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_ssyrk64_, blas_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(cblas_dsyrk64_, blas_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(cblas_csyrk64_, blas_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_zsyrk64_, blas_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(cblas_sgemv64_, blas_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(cblas_dgemv64_, blas_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(cblas_cgemv64_, blas_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(cblas_zgemv64_, blas_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(scipy_cblas_sgemm, blas_scipy_cblas_sgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(scipy_cblas_dgemm, blas_scipy_cblas_dgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(scipy_cblas_cgemm, blas_scipy_cblas_cgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_zgemm, blas_scipy_cblas_zgemm, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_ssyrk, blas_scipy_cblas_ssyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(scipy_cblas_dsyrk, blas_scipy_cblas_dsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(scipy_cblas_csyrk, blas_scipy_cblas_csyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_zsyrk, blas_scipy_cblas_zsyrk, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_sgemv, blas_scipy_cblas_sgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(scipy_cblas_dgemv, blas_scipy_cblas_dgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(scipy_cblas_cgemv, blas_scipy_cblas_cgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(scipy_cblas_zgemv, blas_scipy_cblas_zgemv, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(scipy_cblas_sgemm64_, blas_scipy_cblas_sgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, b: P, ldb: isize, beta: f32, c: P, ldc: isize));
+blas!(scipy_cblas_dgemm64_, blas_scipy_cblas_dgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, b: P, ldb: isize, beta: f64, c: P, ldc: isize));
+blas!(scipy_cblas_cgemm64_, blas_scipy_cblas_cgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_zgemm64_, blas_scipy_cblas_zgemm64_, (order: isize, ta: isize, tb: isize, m: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, b: P, ldb: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_ssyrk64_, blas_scipy_cblas_ssyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f32, a: P, lda: isize, beta: f32, c: P, ldc: isize));
+blas!(scipy_cblas_dsyrk64_, blas_scipy_cblas_dsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: f64, a: P, lda: isize, beta: f64, c: P, ldc: isize));
+blas!(scipy_cblas_csyrk64_, blas_scipy_cblas_csyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_zsyrk64_, blas_scipy_cblas_zsyrk64_, (order: isize, uplo: isize, trans: isize, n: isize, k: isize, alpha: P, a: P, lda: isize, beta: P, c: P, ldc: isize));
+blas!(scipy_cblas_sgemv64_, blas_scipy_cblas_sgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f32, a: P, lda: isize, x: P, incx: isize, beta: f32, y: P, incy: isize));
+blas!(scipy_cblas_dgemv64_, blas_scipy_cblas_dgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: f64, a: P, lda: isize, x: P, incx: isize, beta: f64, y: P, incy: isize));
+blas!(scipy_cblas_cgemv64_, blas_scipy_cblas_cgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
+blas!(scipy_cblas_zgemv64_, blas_scipy_cblas_zgemv64_, (order: isize, trans: isize, m: isize, n: isize, alpha: P, a: P, lda: isize, x: P, incx: isize, beta: P, y: P, incy: isize));
 
-// Fortran-style GEMM (ids 148..=155), what scipy.linalg calls on its own
+// Fortran-style GEMM, what scipy.linalg calls on its own
 // OpenBLAS copy (`scipy_dgemm_`) and Fortran programs call (`dgemm_`): every
 // argument by pointer, then the two hidden lengths of the character
 // arguments, passed through as they are (a C caller that omits them passes
 // whatever those slots hold, which the callee would have read anyway).
-blas!(148, sgemm_, blas_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(149, dgemm_, blas_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(150, cgemm_, blas_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(151, zgemm_, blas_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(152, scipy_sgemm_, blas_scipy_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(153, scipy_dgemm_, blas_scipy_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(154, scipy_cgemm_, blas_scipy_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
-blas!(155, scipy_zgemm_, blas_scipy_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(sgemm_, blas_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(dgemm_, blas_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(cgemm_, blas_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(zgemm_, blas_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(scipy_sgemm_, blas_scipy_sgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(scipy_dgemm_, blas_scipy_dgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(scipy_cgemm_, blas_scipy_cgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));
+blas!(scipy_zgemm_, blas_scipy_zgemm_, (ta: P, tb: P, m: P, n: P, k: P, alpha: P, a: P, lda: P, b: P, ldb: P, beta: P, c: P, ldc: P, ta_len: usize, tb_len: usize));

@@ -38,30 +38,20 @@
 //!     teams; grandchildren inherit the bits and are protected the same way.
 //!     vfork, posix_spawn and exec run no atfork handlers and start clean.
 
+use super::fenced;
+use super::next::FORK;
 use crate::config::ForkPolicy;
+use crate::process;
 use crate::runtime::{self, RuntimeCopy};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicU64, Ordering::*};
 use log::{Level, error, log};
 
 thread_local! {
     static MASTER_OF: Cell<u64> = const { Cell::new(0) };
     static SERIAL: Cell<u64> = const { Cell::new(0) };
 }
-
-/// Fork states of this process.
-pub const NORMAL: u8 = 0;
-/// Between our prepare handler and the parent/child handlers.
-pub const FORKING: u8 = 1;
-/// A forked child (set by the child handler; stays set).
-pub const CHILD: u8 = 2;
-pub static STATE: AtomicU8 = AtomicU8::new(NORMAL);
-
-/// Our pid as last known by init or the child handler. A process whose
-/// `getpid()` differs is a vfork child sharing our memory: nothing may be
-/// written there (see `report`).
-pub static KNOWN_PID: AtomicI32 = AtomicI32::new(0);
 
 /// libgomp copies (bits) already warned about at warn level in this process:
 /// a Pool(32) should print one warning, not 32; later forks log at info.
@@ -113,14 +103,6 @@ fn child_protected() -> bool {
     crate::init::ready().is_none_or(|s| s.fork != ForkPolicy::Warn)
 }
 
-extern "C" fn prepare() {
-    STATE.store(FORKING, Relaxed);
-}
-
-extern "C" fn parent() {
-    STATE.store(NORMAL, Relaxed);
-}
-
 extern "C" fn child() {
     // Flags only: see the protocol above.
     if child_protected() {
@@ -129,23 +111,19 @@ extern "C" fn child() {
     runtime::reset_writer_in_child();
     let cores = crate::init::ready().map_or(1, |s| s.budget.cores);
     crate::ledger::reset_in_child(cores, super::grant::held_here());
-    // SAFETY: getpid is async-signal-safe.
-    KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
-    crate::hooks::threads::reset_in_child();
-    crate::report::reset_in_child();
+    process::remember_pid();
+    super::threads::reset_in_child();
+    crate::warnings::reset_in_child();
     WARNED.store(0, Relaxed);
-    STATE.store(CHILD, Relaxed);
 }
 
 pub fn install_atfork() {
-    // Resolve the real fork now rather than inside the first fork().
-    let _ = redhook::real!(fork);
-    crate::report::preresolve();
-    // SAFETY: getpid has no preconditions.
-    KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
+    // Resolve the real fork and _exit now rather than inside a fork.
+    super::next::preresolve();
+    process::remember_pid();
     // SAFETY: registers plain extern "C" functions that only touch atomics and
     // thread-locals.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    unsafe { libc::pthread_atfork(None, None, Some(child)) };
 }
 
 /// Why a copy's pool was not freed before fork.
@@ -264,7 +242,7 @@ fn warn_fork(child_pid: libc::pid_t, hazard: u64, paused: Paused) {
                 effect,
                 numba_note
             );
-            crate::report::add_warning_fmt(
+            crate::warnings::add_warning_fmt(
                 "fork_after_gomp",
                 format_args!(
                     "fork() from a thread that ran a GNU OpenMP team ({}); child {} policy {}: {}",
@@ -278,19 +256,26 @@ fn warn_fork(child_pid: libc::pid_t, hazard: u64, paused: Paused) {
     }
 }
 
-redhook::hook! {
-    unsafe fn fork() -> libc::pid_t => parbudget_fork {
-        let hazard = MASTER_OF.with(|m| m.get());
-        // Fenced: redhook would call the real fork again if this panicked.
-        let paused = if hazard != 0 {
-            crate::hooks::fenced(Paused::default(), || pause_pools(hazard))
-        } else {
-            Paused::default()
-        };
-        let pid = unsafe { redhook::real!(fork)() };
-        if pid > 0 && hazard != 0 {
-            crate::hooks::fenced((), || warn_fork(pid, hazard, paused));
-        }
-        pid
+/// `fork`: frees the forking thread's libgomp pools first (policy fresh),
+/// forks, and in the parent logs what it did (the protocol above).
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn fork() -> libc::pid_t {
+    let real = FORK.get();
+    if real == 0 {
+        super::no_target(FORK.name(), 0);
+        // SAFETY: the raw system call is what fork is, minus atfork handlers.
+        return unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
     }
+    let hazard = MASTER_OF.with(|m| m.get());
+    let paused = if hazard != 0 {
+        fenced(Paused::default(), || pause_pools(hazard))
+    } else {
+        Paused::default()
+    };
+    // SAFETY: glibc's fork, with its signature.
+    let pid = unsafe { core::mem::transmute::<usize, extern "C" fn() -> libc::pid_t>(real)() };
+    if pid > 0 && hazard != 0 {
+        fenced((), || warn_fork(pid, hazard, paused));
+    }
+    pid
 }

@@ -16,21 +16,24 @@
 //! variadic ones forward correctly.
 
 pub mod blas;
+pub mod exit;
 pub mod fork;
 pub mod grant;
+pub mod kmpc;
+pub mod next;
 pub mod queries;
 pub mod regions;
 pub mod setters;
+pub mod table;
 pub mod threads;
 
+pub use crate::boundary::{Guard, fenced};
 use core::cell::Cell;
 use core::ffi::CStr;
 
 thread_local! {
     /// Return address of the hook call this thread is in (set by the trampoline).
     static CALLER: Cell<usize> = const { Cell::new(0) };
-    /// True while this thread runs our own bookkeeping.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Called by the trampolines only, with the return address as first argument.
@@ -138,49 +141,101 @@ pub(crate) use trampoline;
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("parbudget's trampolines exist for x86_64 and aarch64 only");
 
-/// The reentry guard: `Some` when this thread is not already inside our own
-/// bookkeeping. Dropping it releases the guard.
-pub struct Guard(());
-
-impl Guard {
-    pub fn take() -> Option<Guard> {
-        IN_HOOK.with(|g| {
-            if g.replace(true) {
-                None
-            } else {
-                Some(Guard(()))
-            }
-        })
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        IN_HOOK.with(|g| g.set(false));
-    }
-}
-
-/// The target of hook `hook` (exported as `name`) called from `ret`. Without a
-/// real function there is nothing to run the call with: one error line naming
-/// the caller, then abort (it never happens for a caller that was linked
-/// against a runtime; see runtime::resolve for the search).
-pub fn resolve_or_abort(ret: usize, hook: u8, name: &CStr) -> crate::runtime::Target {
-    if let Some(t) = fenced(None, || crate::runtime::resolve(ret, hook, name)) {
-        return t;
-    }
+/// The policy for a hook whose target cannot be found (it never happens for
+/// a caller that was linked against a runtime: see runtime::resolve for the
+/// search). One ERROR line names the symbol and the caller object. Then the
+/// hook does what the call means without a runtime: a setter does nothing and
+/// a query answers as a single-threaded runtime would (0 or 1); a region, a
+/// BLAS call or a libc function cannot be run without its code, so the
+/// process aborts (it could not have run without the shim either).
+pub fn no_target(name: &CStr, ret: usize) {
     log::error!(
         "unresolved symbol={} caller={:#x} object={}: no runtime defines it",
         crate::stackbuf::Quoted(name.to_bytes()),
         ret,
         crate::stackbuf::Quoted(crate::runtime::object_name(ret).as_bytes())
     );
-    // SAFETY: abort has no preconditions.
-    unsafe { libc::abort() }
 }
 
-/// A `&'static CStr` from `concat!(stringify!(name), "\0")` in the hook macros.
-pub fn cname(s: &'static str) -> &'static CStr {
-    CStr::from_bytes_with_nul(s.as_bytes()).unwrap_or(c"?")
+/// As `target`, for bookkeeping that already runs inside `fenced` (a
+/// runtime function a hook calls in the caller's own copy): no error line.
+pub fn lookup(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
+    crate::runtime::resolve(ret, hook as u8, hook.name())
+}
+
+/// The target of hook `hook` called from `ret`, if one can be found.
+pub fn target(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
+    let t = fenced(None, || {
+        crate::runtime::resolve(ret, hook as u8, hook.name())
+    });
+    fenced((), crate::conflicts::check_pending);
+    if t.is_none() {
+        no_target(hook.name(), ret);
+    }
+    t
+}
+
+/// The target of a hook whose call cannot be completed without one (see
+/// `no_target`).
+pub fn resolve_or_abort(ret: usize, hook: table::Hook) -> crate::runtime::Target {
+    match target(ret, hook) {
+        Some(t) => t,
+        // SAFETY: abort has no preconditions.
+        None => unsafe { libc::abort() },
+    }
+}
+
+/// Init, lazily from any hook (see `init`), then the work that needs hooks:
+/// the atfork handlers and a first look at what is loaded. Once.
+pub fn ensure() -> Option<&'static crate::init::Settings> {
+    use core::sync::atomic::{AtomicU8, Ordering::*};
+    static AFTER: AtomicU8 = AtomicU8::new(0); // 0 not done, 1 running, 2 done
+    let s = crate::init::ensure();
+    if AFTER.load(Acquire) == 2 || s.is_none() {
+        return s;
+    }
+    match AFTER.compare_exchange(0, 1, AcqRel, Acquire) {
+        Ok(_) => {
+            crate::boundary::install_panic_hook();
+            fork::install_atfork();
+            fenced((), || {
+                crate::runtime::refresh();
+                crate::conflicts::check_pending();
+            });
+            AFTER.store(2, Release);
+        }
+        Err(_) => {
+            // Another thread is finishing; a reentrant call passes through.
+            if !Guard::held() {
+                while AFTER.load(Acquire) == 1 {
+                    // SAFETY: sched_yield has no preconditions.
+                    unsafe { libc::sched_yield() };
+                }
+            }
+        }
+    }
+    s
+}
+
+/// Our constructor: init now, then bring copies that were loaded (and whose
+/// constructors ran) before us under the budget. Calling libgomp or OpenBLAS
+/// here is safe: their constructors have either run (we correct what they read)
+/// or not (they will read the environment we just exported). libomp/libiomp
+/// initialise lazily on first use and read that environment then, so we leave
+/// them alone rather than start them from a constructor.
+pub fn constructor() {
+    let Some(s) = ensure() else { return };
+    fenced((), || {
+        for (_, c) in crate::runtime::copies() {
+            if matches!(c.imp, crate::runtime::Impl::Libgomp)
+                || c.imp.kind() == crate::runtime::Kind::Blas
+            {
+                crate::runtime::apply_budget(c, s.budget.cores, "constructor");
+            }
+        }
+        crate::report::install(s);
+        exit::install();
+    });
 }
 
 /// Calls the real function at `$real` with the declared signature.
@@ -193,14 +248,3 @@ macro_rules! call {
     };
 }
 pub(crate) use call;
-
-/// Runs bookkeeping `f` under the reentry guard with panics fenced off: a panic
-/// must never cross the `extern "C"` boundary (it would abort the host), so a
-/// panicking or reentrant bookkeeping step yields `fallback` and the call is
-/// forwarded unchanged.
-pub fn fenced<T>(fallback: T, f: impl FnOnce() -> T) -> T {
-    let Some(_guard) = Guard::take() else {
-        return fallback;
-    };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
-}

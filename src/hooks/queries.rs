@@ -5,7 +5,8 @@
 //! `parallel_for`, MKL) requests a team that fits and then gets exactly what
 //! it requested (see `grant` for the whole rule).
 
-use super::{call, cname, fenced, fork, grant, resolve_or_abort, take_caller, trampoline};
+use super::table::Hook;
+use super::{call, fenced, fork, grant, take_caller, trampoline};
 use crate::runtime;
 use core::ffi::c_int;
 
@@ -16,8 +17,11 @@ use core::ffi::c_int;
 /// inactive the runtime's own answer stands, and promises nothing.
 unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
     let ret = take_caller();
-    let settings = crate::init::ensure();
-    let t = resolve_or_abort(ret, 20, cname("omp_get_max_threads\0"));
+    let settings = super::ensure();
+    // Without a runtime, one thread is the truth (see `no_target`).
+    let Some(t) = super::target(ret, Hook::omp_get_max_threads) else {
+        return 1;
+    };
     let own = call!(t.real, fn() -> c_int,);
     fenced(own, || {
         let Some(s) = settings else { return own };
@@ -44,8 +48,10 @@ trampoline!(omp_get_max_threads => omp_get_max_threads_hook);
 /// child whose pool could not be freed).
 unsafe extern "C-unwind" fn omp_get_thread_limit_hook() -> c_int {
     let ret = take_caller();
-    let settings = crate::init::ensure();
-    let t = resolve_or_abort(ret, 21, cname("omp_get_thread_limit\0"));
+    let settings = super::ensure();
+    let Some(t) = super::target(ret, Hook::omp_get_thread_limit) else {
+        return 1;
+    };
     let own = call!(t.real, fn() -> c_int,);
     fenced(own, || {
         let Some(s) = settings else { return own };

@@ -10,14 +10,11 @@
 //! runtime (the creator may be a runtime inside its own initialisation).
 
 use super::{take_caller, trampoline};
-use crate::runtime::{self, Stats};
+use crate::runtime::{self, OTHER, Stats};
 use crate::stackbuf::Quoted;
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU32, Ordering::*};
 use log::debug;
-
-/// Threads made by the program and libraries that are not runtimes.
-pub static OTHER: Stats = Stats::new();
 
 type StartFn = extern "C" fn(*mut c_void) -> *mut c_void;
 type CreateFn = unsafe extern "C" fn(
@@ -89,13 +86,7 @@ extern "C" fn launch(p: *mut c_void) -> *mut c_void {
 }
 
 fn real_create() -> Option<CreateFn> {
-    static REAL: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-    let mut r = REAL.load(Relaxed);
-    if r == 0 {
-        // SAFETY: RTLD_NEXT lookup of an always-present libc symbol.
-        r = unsafe { libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) } as usize;
-        REAL.store(r, Relaxed);
-    }
+    let r = super::next::PTHREAD_CREATE.get();
     // SAFETY: the symbol has pthread_create's signature.
     (r != 0).then(|| unsafe { core::mem::transmute::<usize, CreateFn>(r) })
 }
@@ -108,6 +99,9 @@ unsafe extern "C" fn pthread_create_hook(
 ) -> i32 {
     let ret = take_caller();
     let Some(real) = real_create() else {
+        // No pthread_create to forward to (see `hooks::no_target`): the
+        // creation fails as resource exhaustion would.
+        super::no_target(super::next::PTHREAD_CREATE.name(), ret);
         return libc::EAGAIN;
     };
     let _ = crate::init::ensure();

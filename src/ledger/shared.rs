@@ -23,9 +23,9 @@
 //! setting the same PARBUDGET_LEDGER (a name of their choosing, e.g.
 //! `/parbudget-myjob`); the first one creates it.
 
+use crate::process;
 use crate::stackbuf::{Quoted, StackBuf};
 use core::cell::UnsafeCell;
-use core::fmt::Write;
 use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 use log::{debug, info, warn};
 
@@ -121,64 +121,6 @@ impl Drop for Locked {
     }
 }
 
-/// Reads `/proc/<pid>/stat`: (state, start time). `None`: no such process.
-fn proc_stat(pid: i32) -> Option<(u8, u64)> {
-    let mut path = StackBuf::<64>::new();
-    let _ = write!(path, "/proc/{pid}/stat");
-    let mut buf = [0u8; 1024];
-    let text = crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf)?;
-    // The command name is in parentheses and may hold spaces: parse after the last ')'.
-    let close = text.iter().rposition(|b| *b == b')')?;
-    let mut fields = text[close + 1..]
-        .split(|b| *b == b' ')
-        .filter(|f| !f.is_empty());
-    let state = *fields.next()?.first()?;
-    // starttime is field 22 overall; field 3 (state) was the first after ')'.
-    let start = fields.nth(18)?;
-    let n = start
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Some((state, n))
-}
-
-/// Dead means: no such process, a reused pid (another start time), or a
-/// zombie whose every thread is gone. A process whose main thread called
-/// pthread_exit also shows 'Z' while its other threads run: still alive.
-fn alive(pid: i32, start: u64) -> bool {
-    match proc_stat(pid) {
-        None => {
-            // SAFETY: kill with signal 0 only checks existence.
-            let gone = unsafe { libc::kill(pid, 0) } != 0
-                && unsafe { *libc::__errno_location() } == libc::ESRCH;
-            !gone
-        }
-        Some((_, st)) if st != start => false,
-        Some((b'Z' | b'X' | b'x', _)) => threads_of(pid) > 1,
-        Some(_) => true,
-    }
-}
-
-/// `Threads:` from /proc/<pid>/status (0 if unreadable).
-fn threads_of(pid: i32) -> u32 {
-    let mut path = StackBuf::<64>::new();
-    let _ = write!(path, "/proc/{pid}/status");
-    let mut buf = [0u8; 2048];
-    let Some(text) =
-        crate::budget::Files::read(&crate::budget::LibcFiles, path.as_bytes(), &mut buf)
-    else {
-        return 0;
-    };
-    text.split(|b| *b == b'\n')
-        .find_map(|l| l.strip_prefix(b"Threads:"))
-        .map_or(0, |v| {
-            v.trim_ascii()
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
-        })
-}
-
 /// Clears dead members' slots and takes their threads off `used`. With
 /// `rebuild` (after EOWNERDEAD), `used` is recomputed from the live slots.
 /// Caller holds the mutex.
@@ -190,7 +132,7 @@ fn reclaim_dead(h: &Header, rebuild: bool) {
         if pid == 0 {
             continue;
         }
-        if alive(pid, s.start_time.load(Relaxed)) {
+        if process::alive(pid, s.start_time.load(Relaxed)) {
             live_held = live_held.saturating_add(s.held.load(Relaxed));
         } else {
             let held = s.held.swap(0, Relaxed);
@@ -216,32 +158,16 @@ fn now_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-fn my_start_time() -> u64 {
-    // SAFETY: getpid has no preconditions.
-    proc_stat(unsafe { libc::getpid() }).map_or(0, |(_, s)| s)
-}
-
 /// This process's slot, claimed on first use. Caller holds the mutex.
-/// This process's pid without a syscall per region: cached at init and
-/// refreshed by the atfork child handler (see hooks::fork::KNOWN_PID).
-fn pid_now() -> i32 {
-    let p = crate::hooks::fork::KNOWN_PID.load(Relaxed);
-    if p != 0 {
-        return p;
-    }
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
-}
-
 fn my_slot(h: &Header) -> Option<&Slot> {
-    let pid = pid_now();
+    let pid = process::pid();
     let i = MY_SLOT.load(Relaxed);
     if i < SLOTS && h.slots[i].pid.load(Relaxed) == pid {
         return Some(&h.slots[i]);
     }
     // No slot yet, or ours was reclaimed (then its threads were already
     // taken off `used`): claim one.
-    let start = my_start_time();
+    let start = process::my_start_time();
     if start == 0 {
         return None;
     }
@@ -278,14 +204,14 @@ fn my_slot(h: &Header) -> Option<&Slot> {
 /// A caller of this process enters a region wanting `want` extras (at least
 /// `need` of them): counts it and grants what fits, or what it needs. `None`
 /// if the shared ledger is not in use.
-pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::Entered> {
+pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::local::Entered> {
     let me = u32::from(count_caller);
     let h = header()?;
     let l = Locked::new(h)?;
     let Some(slot) = my_slot(l.0) else {
         // No free slot: run teams of one rather than overspend, unless a
         // team was promised (then it is kept, uncounted).
-        return Some(super::Entered {
+        return Some(super::local::Entered {
             extras: need,
             over: need > 0,
         });
@@ -303,7 +229,7 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::Entered>
         }
     }
     // A nested region on an already-counted thread asks only for extras.
-    let e = super::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
+    let e = super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
     h.used.store(used.saturating_add(me + e.extras), Relaxed);
     slot.held.fetch_add(me + e.extras, Relaxed);
     Some(e)
@@ -316,7 +242,7 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
     let Some(h) = header() else { return false };
     let Some(l) = Locked::new(h) else { return true };
     let i = MY_SLOT.load(Relaxed);
-    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == pid_now() {
+    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == process::pid() {
         let s = &l.0.slots[i];
         let d = s.held.load(Relaxed).min(n);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
@@ -340,7 +266,7 @@ pub fn leave_tree() -> bool {
         return false;
     };
     let s = &l.0.slots[i];
-    if s.pid.load(Relaxed) == pid_now() {
+    if s.pid.load(Relaxed) == process::pid() {
         let held = s.held.swap(0, Relaxed);
         h.used
             .store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
@@ -353,7 +279,7 @@ pub fn leave_tree() -> bool {
 fn no_live_member(h: &Header) -> bool {
     h.slots.iter().all(|s| {
         let pid = s.pid.load(Relaxed);
-        pid == 0 || !alive(pid, s.start_time.load(Relaxed))
+        pid == 0 || !process::alive(pid, s.start_time.load(Relaxed))
     })
 }
 
@@ -419,7 +345,7 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     let mut n = StackBuf::<256>::new();
     n.push_bytes(name);
     let cname = n.as_cstr().ok_or(Refused::Open(libc::ENAMETOOLONG))?;
-    if my_start_time() == 0 {
+    if process::my_start_time() == 0 {
         return Err(Refused::NoProc);
     }
     // SAFETY: shm_open with a NUL-terminated name; O_EXCL so we know if we created it.
@@ -607,19 +533,6 @@ pub fn abandoned(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn proc_stat_reads_our_state_and_start_time() {
-        let (state, start) = proc_stat(std::process::id() as i32).unwrap();
-        assert!(state == b'R' || state == b'S');
-        assert!(start > 0);
-        assert!(alive(std::process::id() as i32, start));
-        assert!(
-            !alive(std::process::id() as i32, start + 1),
-            "a reused pid has another start time"
-        );
-        assert!(proc_stat(i32::MAX).is_none());
-    }
 
     #[test]
     fn header_fits_u32_size() {

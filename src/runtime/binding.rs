@@ -17,7 +17,7 @@
 //! Pure parsing of the dynamic section is split out (`scan_relocations`) so it
 //! can be unit-tested on this test binary's own GOT.
 
-use super::MAX_COPIES;
+use super::copy::MAX_COPIES;
 use core::ffi::{c_int, c_void};
 
 /// The loaded object containing an address: its load bias, the range of its
@@ -165,7 +165,7 @@ pub fn evidence(obj: &Object) -> [u32; MAX_COPIES] {
     // SAFETY: `obj` is the object of a hook's caller, loaded while it runs.
     unsafe {
         scan_relocations(obj, |v| {
-            if let Some(i) = super::copy_containing(v) {
+            if let Some(i) = super::registry::copy_containing(v) {
                 hits[i] = hits[i].saturating_add(1);
             }
         })
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn finds_this_binary_and_its_resolved_libc_bindings() {
-        let here = finds_this_binary_and_its_resolved_libc_bindings as usize;
+        let here = finds_this_binary_and_its_resolved_libc_bindings as *const () as usize;
         let obj = object_at(here).expect("the test binary is a loaded object");
         assert!(obj.contains(here));
         assert_ne!(
@@ -188,7 +188,7 @@ mod tests {
         );
         // The test binary imports libc's functions: some resolved slot must
         // point into the object that defines `getpid`.
-        let libc_obj = object_at(libc::getpid as usize).expect("libc is loaded");
+        let libc_obj = object_at(libc::getpid as *const () as usize).expect("libc is loaded");
         let mut into_libc = 0;
         let mut outside = 0;
         // SAFETY: the test binary stays loaded.

@@ -1,6 +1,6 @@
 //! BLIS (`libblis`), whose thread count is a `dim_t` (64-bit on LP64).
 
-use super::{Impl, Row};
+use super::kind::{Impl, Row};
 
 pub const ROWS: &[Row] = &[Row {
     imp: Impl::Blis,

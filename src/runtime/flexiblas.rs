@@ -1,6 +1,6 @@
 //! FlexiBLAS, the BLAS switcher, which forwards thread counts to its backend.
 
-use super::{Impl, Row};
+use super::kind::{Impl, Row};
 
 pub const ROWS: &[Row] = &[Row {
     imp: Impl::Flexiblas,

@@ -1,6 +1,6 @@
 //! Intel MKL through its single dynamic library `libmkl_rt`.
 
-use super::{Impl, Row};
+use super::kind::{Impl, Row};
 
 pub const ROWS: &[Row] = &[Row {
     imp: Impl::Mkl,

@@ -3,7 +3,7 @@
 //! scipy's `libscipy_openblas-<hash>.so`. Thread-control symbols come with the
 //! prefixes "" and "scipy_" and the suffixes "", "64_" and "_64".
 
-use super::{Impl, Row};
+use super::kind::{Impl, Row};
 
 pub const ROWS: &[Row] = &[Row {
     imp: Impl::Openblas,

@@ -4,7 +4,7 @@
 //! libiomp5 implement it for gcc-compiled code), so the file name tells them
 //! apart and `omp_get_max_threads` confirms.
 
-use super::{Impl, Row};
+use super::kind::{Impl, Row};
 
 pub const ROWS: &[Row] = &[
     Row {

@@ -1,0 +1,79 @@
+//! The boundary between the host's call and our bookkeeping: a reentry guard
+//! (our bookkeeping never recurses into itself: a hook reached from inside
+//! it forwards unchanged) and a panic fence (a panic must never cross an
+//! `extern "C"` boundary: since Rust 1.81 that aborts the host).
+
+use core::cell::Cell;
+
+thread_local! {
+    /// True while this thread runs our own bookkeeping.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The reentry guard: `Some` when this thread is not already inside our own
+/// bookkeeping. Dropping it releases the guard.
+pub struct Guard(());
+
+impl Guard {
+    pub fn take() -> Option<Guard> {
+        IN_HOOK.with(|g| {
+            if g.replace(true) {
+                None
+            } else {
+                Some(Guard(()))
+            }
+        })
+    }
+}
+
+impl Guard {
+    /// True while this thread is inside our bookkeeping.
+    pub fn held() -> bool {
+        IN_HOOK.with(|g| g.get())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        IN_HOOK.with(|g| g.set(false));
+    }
+}
+
+/// Runs bookkeeping `f` under the reentry guard with panics fenced off: a panic
+/// must never cross the `extern "C"` boundary (it would abort the host), so a
+/// panicking or reentrant bookkeeping step yields `fallback` and the call is
+/// forwarded unchanged.
+pub fn fenced<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    let Some(_guard) = Guard::take() else {
+        return fallback;
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// Replaces std's default panic hook in our own copy of std (the host's, if
+/// it has one, is another copy and is untouched). The default hook allocates
+/// and locks stderr, which can deadlock in a forked child or a signal
+/// handler; ours writes one line from a stack buffer. The panic itself is
+/// still caught by `fenced` and the call forwarded.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let mut line = crate::stackbuf::StackBuf::<512>::new();
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .unwrap_or("(non-text payload)");
+        let (file, l) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+        let _ = core::fmt::Write::write_fmt(
+            &mut line,
+            format_args!(
+                "parbudget[{}] ERROR internal_panic at={}:{} message=\"{}\" action=\"call forwarded unchanged\"\n",
+                crate::process::pid(),
+                file,
+                l,
+                msg
+            ),
+        );
+        crate::logging::write_all(2, line.as_bytes());
+    }));
+}

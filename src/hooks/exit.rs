@@ -1,0 +1,42 @@
+//! Leaving the process: at `exit` (an atexit handler) and at `_exit` (our
+//! hook: Python's multiprocessing children end with `os._exit`, where atexit
+//! handlers do not run), write the report and give our ledger share back.
+//! Never in a vfork child: it shares our memory, our ledger slot included.
+
+use super::fenced;
+use super::next::EXIT;
+use crate::process;
+
+fn on_exit() {
+    if process::is_foreign() {
+        return;
+    }
+    crate::report::write_now();
+    crate::ledger::at_exit();
+}
+
+extern "C" fn at_exit() {
+    fenced((), on_exit);
+}
+
+/// Registers the exit handler (from our constructor).
+pub fn install() {
+    // SAFETY: registering a plain extern "C" function.
+    unsafe { libc::atexit(at_exit) };
+}
+
+/// `_exit`: the report and the ledger share, then the real `_exit`. Without
+/// a real `_exit` (never seen: glibc always has one) the raw syscall ends the
+/// process, which is what `_exit` is.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
+    fenced((), on_exit);
+    let real = EXIT.get();
+    if real != 0 {
+        // SAFETY: glibc's _exit, with its signature.
+        unsafe { core::mem::transmute::<usize, extern "C" fn(libc::c_int) -> !>(real)(status) }
+    }
+    // SAFETY: exit_group ends the process; it never returns.
+    unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    unreachable!()
+}
