@@ -6,7 +6,8 @@
 //! JSON schema (keys may be added, never renamed):
 //! `{pid, ppid, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
 //! threads_created, threads_live, threads_peak, requested_max, clamped,
-//! regions, mean_team, requests_cut, over_budget}], other_threads: {created, live, peak},
+//! regions, mean_team, requests_cut, over_budget}], ledger: {scope, budget,
+//! used, members, held_here}, other_threads: {created, live, peak},
 //! warnings: [{kind, message}]}`
 
 use crate::init::Settings;
@@ -105,9 +106,19 @@ fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
             st.over_budget.load(Relaxed),
         )?;
     }
+    let a = crate::ledger::audit();
     write!(
         o,
-        "],\"other_threads\":{{\"created\":{},\"live\":{},\"peak\":{}}},\"warnings\":[",
+        "],\"ledger\":{{\"scope\":\"{}\",\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{}}}",
+        if a.shared { "tree" } else { "process" },
+        a.budget,
+        a.used,
+        a.members,
+        a.held_here
+    )?;
+    write!(
+        o,
+        ",\"other_threads\":{{\"created\":{},\"live\":{},\"peak\":{}}},\"warnings\":[",
         OTHER.threads_created.load(Relaxed),
         OTHER.threads_live.load(Relaxed),
         OTHER.threads_peak.load(Relaxed)

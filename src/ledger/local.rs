@@ -84,6 +84,15 @@ impl Ledger {
             .fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
     }
 
+    /// Threads counted in use now.
+    pub fn used(&self) -> u32 {
+        self.used.load(Relaxed)
+    }
+
+    pub fn cores(&self) -> u32 {
+        self.cores.load(Relaxed)
+    }
+
     /// Threads of the budget not in use now.
     pub fn free(&self) -> u32 {
         self.cores

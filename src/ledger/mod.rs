@@ -40,6 +40,33 @@ pub fn leave(extras: u32, count_caller: bool) {
     }
 }
 
+/// What a ledger holds right now (for the report and `parbudget ledger`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Audit {
+    /// The tree's shared ledger (false: this process's own).
+    pub shared: bool,
+    pub budget: u32,
+    /// Threads counted in use, by every member.
+    pub used: u32,
+    /// Member processes with a slot (1 for a process's own ledger).
+    pub members: u32,
+    /// Threads this process holds.
+    pub held_here: u32,
+}
+
+pub fn audit() -> Audit {
+    shared::audit().unwrap_or_else(|| {
+        let used = LOCAL.used();
+        Audit {
+            shared: false,
+            budget: LOCAL.cores(),
+            used,
+            members: 1,
+            held_here: used,
+        }
+    })
+}
+
 pub fn free() -> u32 {
     shared::free_now().unwrap_or_else(|| LOCAL.free())
 }

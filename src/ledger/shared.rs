@@ -310,6 +310,25 @@ pub fn free_for(want: u32) -> Option<u32> {
     Some(h.budget.saturating_sub(h.used.load(Relaxed)))
 }
 
+/// A snapshot of the shared ledger for reports and audits, read without the
+/// lock (each number is a single atomic load).
+pub fn audit() -> Option<super::Audit> {
+    let h = header()?;
+    let i = MY_SLOT.load(Relaxed);
+    let held_here = if i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid() {
+        h.slots[i].held.load(Relaxed)
+    } else {
+        0
+    };
+    Some(super::Audit {
+        shared: true,
+        budget: h.budget,
+        used: h.used.load(Relaxed),
+        members: h.slots.iter().filter(|s| s.pid.load(Relaxed) != 0).count() as u32,
+        held_here,
+    })
+}
+
 pub fn free_now() -> Option<u32> {
     header().map(|h| h.budget.saturating_sub(h.used.load(Relaxed)))
 }
