@@ -47,22 +47,72 @@ impl Out {
     }
 }
 
-/// JSON string with escapes.
+/// A JSON string of raw bytes (paths, messages): valid UTF-8 is kept as it
+/// is (a non-ASCII path stays readable), quotes, backslashes and control
+/// characters are escaped, and bytes that are not UTF-8 become U+FFFD.
 struct Js<'a>(&'a [u8]);
 
 impl fmt::Display for Js<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("\"")?;
-        for &b in self.0 {
-            match b {
-                b'"' => f.write_str("\\\"")?,
-                b'\\' => f.write_str("\\\\")?,
-                0x20..=0x7e => f.write_char(b as char)?,
-                _ => write!(f, "\\u{:04x}", b)?,
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '"' => f.write_str("\\\"")?,
+                    '\\' => f.write_str("\\\\")?,
+                    c if (c as u32) < 0x20 || c == '\u{7f}' => write!(f, "\\u{:04x}", c as u32)?,
+                    c => f.write_char(c)?,
+                }
+            }
+            if !chunk.invalid().is_empty() {
+                f.write_str("\\ufffd")?;
             }
         }
         f.write_str("\"")
     }
+}
+
+/// Writes into a caller's buffer, counting what did not fit.
+struct MemOut<'a> {
+    buf: &'a mut [u8],
+    needed: usize,
+}
+
+impl Write for MemOut<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let b = s.as_bytes();
+        let start = self.needed.min(self.buf.len());
+        let n = b.len().min(self.buf.len() - start);
+        self.buf[start..start + n].copy_from_slice(&b[..n]);
+        self.needed += b.len();
+        Ok(())
+    }
+}
+
+/// The live report of this process as JSON, for the Python module's
+/// `parbudget.status()` (through ctypes). Writes at most `len` bytes into
+/// `buf` and returns the length of the whole report (call again with a
+/// bigger buffer if it is larger than `len`); -1 before init. Not NUL
+/// terminated.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes (or `len` 0).
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn parbudget_report_json(buf: *mut u8, len: usize) -> isize {
+    crate::boundary::fenced(-1, || {
+        let Some(s) = crate::init::ready() else {
+            return -1;
+        };
+        let buf: &mut [u8] = if buf.is_null() || len == 0 {
+            &mut []
+        } else {
+            // SAFETY: the caller promises `len` writable bytes at `buf`.
+            unsafe { core::slice::from_raw_parts_mut(buf, len) }
+        };
+        let mut o = MemOut { buf, needed: 0 };
+        let _ = write_json(&mut o, s);
+        o.needed as isize
+    })
 }
 
 fn mean_team(s: &runtime::Stats) -> f64 {
@@ -74,7 +124,7 @@ fn mean_team(s: &runtime::Stats) -> f64 {
     }
 }
 
-fn write_json(o: &mut Out, s: &Settings) -> fmt::Result {
+fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
     // SAFETY: getpid/getppid have no preconditions.
     let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
     write!(
@@ -332,5 +382,40 @@ pub fn install(s: &Settings) {
                 OLD_ACTION[1].store(usize::from(old.sa_flags & libc::SA_SIGINFO != 0), Relaxed);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn js(b: &[u8]) -> String {
+        format!("{}", Js(b))
+    }
+
+    #[test]
+    fn json_strings_keep_utf8_and_escape_the_rest() {
+        assert_eq!(
+            js("/home/jos\u{e9}/\u{65e5}.so".as_bytes()),
+            "\"/home/jos\u{e9}/\u{65e5}.so\""
+        );
+        assert_eq!(js(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(js(b"bad\xffbyte"), "\"bad\\ufffdbyte\"");
+        // Round trip through a real JSON parser.
+        let v: serde_json::Value =
+            serde_json::from_str(&js("/v/\u{e9}t\u{e9}/lib\"x\".so".as_bytes())).unwrap();
+        assert_eq!(v, "/v/\u{e9}t\u{e9}/lib\"x\".so");
+    }
+
+    #[test]
+    fn mem_out_counts_what_did_not_fit() {
+        let mut b = [0u8; 4];
+        let mut o = MemOut {
+            buf: &mut b,
+            needed: 0,
+        };
+        o.write_str("abcdef").unwrap();
+        assert_eq!(o.needed, 6);
+        assert_eq!(&b, b"abcd");
     }
 }
