@@ -159,7 +159,8 @@ fn a_holder_killed_by_sigkill_gives_its_share_back() {
     let blocker = fixture("block_in_region");
     let teams = fixture("omp_teams_gcc");
     let script = format!(
-        "{blocker} > /dev/null & b=$!; sleep 1; echo during=$({teams} 0 | grep '^team=' | cut -d= -f2); \
+        "f=$(mktemp -u); mkfifo $f; {blocker} > $f & b=$!; read ready < $f; rm $f; \
+         echo during=$({teams} 0 | grep '^team=' | cut -d= -f2); \
          kill -9 $b; wait $b 2>/dev/null; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2)"
     );
     let r = cmd("sh", &["-c", &script])
@@ -181,18 +182,29 @@ fn a_holder_killed_by_sigkill_gives_its_share_back() {
 
 #[test]
 fn a_killed_zombie_holder_is_reclaimed_before_it_is_reaped() {
-    // The parent does not wait for the killed child: it stays a zombie.
+    // The parent (Python, which reaps nothing by itself) does not wait for
+    // the killed child: it stays a zombie while the new member asks.
     let blocker = fixture("block_in_region");
     let teams = fixture("omp_teams_gcc");
-    let script = format!(
-        "{blocker} > /dev/null & b=$!; sleep 1; kill -9 $b; sleep 0.3; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2); wait"
+    let code = format!(
+        "import os, signal, subprocess, time\n\
+         p = subprocess.Popen(['{blocker}'], stdout=subprocess.PIPE)\n\
+         assert p.stdout.readline().strip() == b'ready=1'\n\
+         os.kill(p.pid, signal.SIGKILL)\n\
+         stat = lambda: open('/proc/%d/stat' % p.pid).read().rsplit(')', 1)[1].split()[0]\n\
+         while stat() != 'Z': time.sleep(0.001)\n\
+         out = subprocess.run(['{teams}', '0'], capture_output=True, text=True).stdout\n\
+         print('zombie=%d' % (stat() == 'Z'))\n\
+         print([l for l in out.splitlines() if l.startswith('team=')][0].replace('team=', 'after='))\n\
+         p.wait()\n"
     );
-    let r = cmd("sh", &["-c", &script])
+    let r = cmd("python3", &["-c", &code])
         .shim()
         .cores(2)
         .timeout(60)
         .run();
     r.ok();
+    assert_eq!(r.int("zombie"), 1, "the holder was still a zombie");
     assert_eq!(r.int("after"), 2, "{}", r.stderr);
 }
 

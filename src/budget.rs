@@ -187,13 +187,14 @@ pub fn cgroup_quota(files: &dyn Files) -> Option<u32> {
                 q.push_bytes(b"/cpu.cfs_quota_us");
                 p.push_bytes(b"/cpu.cfs_period_us");
                 let (mut qb, mut pb) = ([0u8; 64], [0u8; 64]);
-                if !q.truncated && !p.truncated {
-                    if let (Some(qv), Some(pv)) = (
+                if !q.truncated
+                    && !p.truncated
+                    && let (Some(qv), Some(pv)) = (
                         files.read(q.as_bytes(), &mut qb),
                         files.read(p.as_bytes(), &mut pb),
-                    ) {
-                        keep(parse_cfs(qv, pv));
-                    }
+                    )
+                {
+                    keep(parse_cfs(qv, pv));
                 }
             });
         }

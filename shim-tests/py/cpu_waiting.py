@@ -19,4 +19,6 @@ for _ in range(iters):
     teams += lib.fix_regions(21, 40960)
 print("seconds=%.3f" % (time.perf_counter() - t))
 print("mean_region_team=%.3f" % (teams / (21 * iters)))
-print("ok=%d" % int(W.shape == (600, 600)))
+import math
+want = math.fsum(float(x) * float(y) for x, y in zip(U[5, :], V[7, :]))
+print("ok=%d" % int(W.shape == (600, 600) and abs(float(W[5, 7]) - want) <= 1e-12 * want))

@@ -244,6 +244,7 @@ pub fn constructor() {
 /// argument through in the same register or stack slot.
 macro_rules! call {
     ($real:expr, fn($($t:ty),*) -> $r:ty, $($a:expr),*) => {
+        // SAFETY: see the macro's doc: `real` has the declared signature.
         unsafe { core::mem::transmute::<usize, extern "C-unwind" fn($($t),*) -> $r>($real)($($a),*) }
     };
 }

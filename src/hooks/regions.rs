@@ -117,10 +117,11 @@ fn enter(ret: usize, hook: Hook, requested: c_uint, shape: Shape) -> Entry {
             icv_of(copy.map(|(_, c)| c), cap),
         );
         let g = grant::take(copy.map(|(_, c)| c), asked, cap, exact);
-        if let Some((i, c)) = copy {
-            if g.team() > 1 && c.imp == Impl::Libgomp {
-                fork::mark_master(i);
-            }
+        if let Some((i, c)) = copy
+            && g.team() > 1
+            && c.imp == Impl::Libgomp
+        {
+            fork::mark_master(i);
         }
         debug!(
             "grant symbol={} impl={} asked={} exact={} team={} free={}",

@@ -146,7 +146,7 @@ pub unsafe fn scan_relocations(obj: &Object, mut each: impl FnMut(usize)) {
                 continue;
             }
             let slot = obj.bias.wrapping_add(r.offset as usize);
-            if !obj.contains(slot) || slot % core::mem::align_of::<usize>() != 0 {
+            if !obj.contains(slot) || !slot.is_multiple_of(core::mem::align_of::<usize>()) {
                 continue;
             }
             // SAFETY: an aligned GOT slot inside the loaded object.

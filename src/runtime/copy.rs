@@ -233,18 +233,18 @@ pub fn apply_budget(copy: &RuntimeCopy, budget: u32, why: &str) {
     if !copy.confirmed() || copy.budget_applied.swap(true, AcqRel) {
         return;
     }
-    if let Some(cur) = copy.get_threads() {
-        if cur > i64::from(budget) {
-            copy.set_threads(budget);
-            copy.stats.clamped.fetch_add(1, Relaxed);
-            info!(
-                "clamp impl={} path={} from={} to={} by={}",
-                copy.imp.name(),
-                Quoted(copy.path()),
-                cur,
-                budget,
-                why
-            );
-        }
+    if let Some(cur) = copy.get_threads()
+        && cur > i64::from(budget)
+    {
+        copy.set_threads(budget);
+        copy.stats.clamped.fetch_add(1, Relaxed);
+        info!(
+            "clamp impl={} path={} from={} to={} by={}",
+            copy.imp.name(),
+            Quoted(copy.path()),
+            cur,
+            budget,
+            why
+        );
     }
 }

@@ -10,9 +10,11 @@ pub const PATH_LEN: usize = 512;
 /// The file of the object containing `addr` (for error lines).
 pub fn object_name(addr: usize) -> StackBuf<PATH_LEN> {
     let mut out = StackBuf::new();
+    // SAFETY: Dl_info is plain data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
-    // SAFETY: dladdr only reads loader tables; dli_fname is NUL-terminated.
+    // SAFETY: dladdr only reads loader tables and fills `info`.
     if unsafe { libc::dladdr(addr as *const c_void, &mut info) } != 0 && !info.dli_fname.is_null() {
+        // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
         out.push_bytes(unsafe { CStr::from_ptr(info.dli_fname) }.to_bytes());
     }
     out
@@ -20,6 +22,7 @@ pub fn object_name(addr: usize) -> StackBuf<PATH_LEN> {
 
 /// The load base of the object containing `addr`.
 pub fn owner_base(addr: usize) -> Option<usize> {
+    // SAFETY: Dl_info is plain data; all-zero is a valid value.
     let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
     // SAFETY: dladdr only reads loader tables and fills `info`.
     if unsafe { libc::dladdr(addr as *const c_void, &mut info) } == 0 {
@@ -41,6 +44,7 @@ pub fn dlsym_in(path: Option<&CStr>, name: &CStr) -> usize {
     }
     // SAFETY: valid handle and name; then our reference is released.
     let p = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
+    // SAFETY: dropping the reference this function took.
     unsafe { libc::dlclose(h) };
     p
 }

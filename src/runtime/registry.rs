@@ -335,10 +335,10 @@ pub(super) fn register_owner(base: usize) -> Option<usize> {
     loop {
         scan();
         confirm_pending();
-        if let Some(i) = index_of_base(base) {
-            if all_slots().nth(i).is_some_and(|(_, c)| c.confirmed()) {
-                return Some(i);
-            }
+        if let Some(i) = index_of_base(base)
+            && all_slots().nth(i).is_some_and(|(_, c)| c.confirmed())
+        {
+            return Some(i);
         }
         spins += 1;
         if spins > 100 {

@@ -100,15 +100,15 @@ pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
         return Some(t);
     }
     let obj = binding::object_at(ret);
-    if let Some(o) = obj {
-        if let Some(t) = cache_get(object_key(o.lo, hook)) {
-            // A new call site of a known object: the object keeps its answer
-            // (all its call sites go to one copy), but a lazily bound object
-            // may have split its bindings since: look again, to warn.
-            check_split(&o, name);
-            cache_put(key, t);
-            return Some(t);
-        }
+    if let Some(o) = obj
+        && let Some(t) = cache_get(object_key(o.lo, hook))
+    {
+        // A new call site of a known object: the object keeps its answer
+        // (all its call sites go to one copy), but a lazily bound object
+        // may have split its bindings since: look again, to warn.
+        check_split(&o, name);
+        cache_put(key, t);
+        return Some(t);
     }
     let (target, cacheable) = resolve_slow(ret, obj, name)?;
     if cacheable {
