@@ -9,6 +9,7 @@ mod blas;
 mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;
+mod hazards;
 mod ledger;
 mod python;
 mod real_libs;

@@ -15,6 +15,7 @@ mod hooks;
 mod init;
 mod ledger;
 mod logging;
+mod next;
 mod process;
 mod report;
 mod runtime;

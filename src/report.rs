@@ -316,8 +316,12 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
 static WRITTEN: AtomicI32 = AtomicI32::new(0);
 
 /// The exit report: once per process, never in a vfork child (it shares our
-/// memory and must only exec or _exit).
-pub fn write_now() {
+/// memory and must only exec or _exit). `may_load`: the caller is a normal
+/// context (atexit), where copies seen only by `pthread_create` can be
+/// confirmed with dlopen/dlsym first. `_exit` may be called from a signal
+/// handler that interrupted the loader (holding its lock): there the report
+/// lists pending copies as they are, by file name.
+pub fn write_now(may_load: bool) {
     let Some(s) = crate::init::ready() else {
         return;
     };
@@ -329,10 +333,10 @@ pub fn write_now() {
     if pid != process::known_pid() || WRITTEN.swap(pid, AcqRel) == pid {
         return;
     }
-    // Not a signal handler: copies seen only by pthread_create can be
-    // confirmed now, so the report names only real runtimes.
-    runtime::confirm_pending();
-    crate::conflicts::check_pending();
+    if may_load {
+        runtime::confirm_pending();
+        crate::conflicts::check_pending();
+    }
     write_to_destination(s, dest);
 }
 

@@ -4,19 +4,19 @@
 //! Never in a vfork child: it shares our memory, our ledger slot included.
 
 use super::fenced;
-use super::next::EXIT;
+use crate::next::EXIT;
 use crate::process;
 
-fn on_exit() {
+fn on_exit(may_load: bool) {
     if process::is_foreign() {
         return;
     }
-    crate::report::write_now();
+    crate::report::write_now(may_load);
     crate::ledger::at_exit();
 }
 
 extern "C" fn at_exit() {
-    fenced((), on_exit);
+    fenced((), || on_exit(true));
 }
 
 /// Registers the exit handler (from our constructor).
@@ -30,7 +30,8 @@ pub fn install() {
 /// process, which is what `_exit` is.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
-    fenced((), on_exit);
+    // Possibly inside a signal handler: nothing that takes the loader's lock.
+    fenced((), || on_exit(false));
     let real = EXIT.get();
     if real != 0 {
         // SAFETY: glibc's _exit, with its signature.

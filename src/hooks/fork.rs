@@ -39,7 +39,7 @@
 //!     vfork, posix_spawn and exec run no atfork handlers and start clean.
 
 use super::fenced;
-use super::next::FORK;
+use crate::next::FORK;
 use crate::config::ForkPolicy;
 use crate::process;
 use crate::runtime::{self, RuntimeCopy};
@@ -79,7 +79,7 @@ pub fn child_region(copy: &RuntimeCopy, name: &core::ffi::CStr, safe: bool, requ
             requested,
             requested
         );
-        crate::report::write_now();
+        crate::report::write_now(false);
         // SAFETY: _exit ends the process without running handlers that might
         // block on the dead pool.
         unsafe { libc::_exit(70) };
@@ -90,7 +90,7 @@ pub fn child_region(copy: &RuntimeCopy, name: &core::ffi::CStr, safe: bool, requ
             Quoted(name.to_bytes()),
             Quoted(copy.path())
         );
-        crate::report::write_now();
+        crate::report::write_now(false);
         // SAFETY: _exit ends the process without running handlers that might
         // block on the dead pool.
         unsafe { libc::_exit(70) };
@@ -119,7 +119,7 @@ extern "C" fn child() {
 
 pub fn install_atfork() {
     // Resolve the real fork and _exit now rather than inside a fork.
-    super::next::preresolve();
+    crate::next::preresolve();
     process::remember_pid();
     // SAFETY: registers plain extern "C" functions that only touch atomics and
     // thread-locals.

@@ -20,7 +20,7 @@ pub mod exit;
 pub mod fork;
 pub mod grant;
 pub mod kmpc;
-pub mod next;
+pub mod unload;
 pub mod queries;
 pub mod regions;
 pub mod setters;

@@ -86,7 +86,7 @@ extern "C" fn launch(p: *mut c_void) -> *mut c_void {
 }
 
 fn real_create() -> Option<CreateFn> {
-    let r = super::next::PTHREAD_CREATE.get();
+    let r = crate::next::PTHREAD_CREATE.get();
     // SAFETY: the symbol has pthread_create's signature.
     (r != 0).then(|| unsafe { core::mem::transmute::<usize, CreateFn>(r) })
 }
@@ -101,7 +101,7 @@ unsafe extern "C" fn pthread_create_hook(
     let Some(real) = real_create() else {
         // No pthread_create to forward to (see `hooks::no_target`): the
         // creation fails as resource exhaustion would.
-        super::no_target(super::next::PTHREAD_CREATE.name(), ret);
+        super::no_target(crate::next::PTHREAD_CREATE.name(), ret);
         return libc::EAGAIN;
     };
     let _ = crate::init::ensure();

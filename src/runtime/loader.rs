@@ -44,7 +44,6 @@ pub fn dlsym_in(path: Option<&CStr>, name: &CStr) -> usize {
     }
     // SAFETY: valid handle and name; then our reference is released.
     let p = unsafe { libc::dlsym(h, name.as_ptr()) } as usize;
-    // SAFETY: dropping the reference this function took.
-    unsafe { libc::dlclose(h) };
+    crate::next::real_dlclose(h);
     p
 }

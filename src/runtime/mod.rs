@@ -29,4 +29,4 @@ pub use registry::{
     confirm_pending, copies, copy, copy_containing, refresh, refresh_light, reset_writer_in_child,
     take_unchecked,
 };
-pub use resolve::{Target, resolve};
+pub use resolve::{Target, objects_unloaded, resolve};

@@ -134,10 +134,6 @@ fn load_range(info: &libc::dl_phdr_info) -> (usize, usize) {
     (lo, hi)
 }
 
-struct Scan {
-    found: [MaybeUninit<Candidate>; 32],
-    n: usize,
-}
 
 /// Finds runtime copies loaded since the last scan and confirms them. Cheap
 /// when nothing was loaded (one `dl_iterate_phdr` step). Never calls into a
@@ -164,50 +160,44 @@ fn scan() {
     };
     REGISTRY.seen_adds.store(adds, Release);
 
+    // Each new copy is published from inside the callback (we hold the
+    // writer flag; publishing only writes our own static registry), so the
+    // scan keeps one candidate on the stack, not a batch: pthread_create
+    // callers may run on small stacks.
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: usize,
-        data: *mut c_void,
+        _data: *mut c_void,
     ) -> c_int {
-        // SAFETY: glibc passes a valid info; `data` is our Scan.
-        let (info, scan) = unsafe { (&*info, &mut *(data as *mut Scan)) };
-        if info.dlpi_name.is_null() || scan.n == scan.found.len() {
+        // SAFETY: glibc passes a valid info.
+        let info = unsafe { &*info };
+        if info.dlpi_name.is_null() {
             return 0;
         }
         // SAFETY: dlpi_name is a NUL-terminated string owned by the loader.
         let name = unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes();
         let base = info.dlpi_addr as usize;
-        if let Some(row) = row_for_path(name) {
-            if !known_base(base) {
-                let mut path = StackBuf::new();
-                path.push_bytes(name);
-                let (lo, hi) = load_range(info);
-                if !path.truncated {
-                    scan.found[scan.n].write(Candidate {
-                        base,
-                        lo,
-                        hi,
-                        path,
-                        row,
-                    });
-                    scan.n += 1;
-                }
+        if let Some(row) = row_for_path(name)
+            && !known_base(base)
+        {
+            let mut path = StackBuf::new();
+            path.push_bytes(name);
+            let (lo, hi) = load_range(info);
+            if !path.truncated {
+                publish_pending(&Candidate {
+                    base,
+                    lo,
+                    hi,
+                    path,
+                    row,
+                });
             }
         }
         0
     }
-    let mut scan = Scan {
-        found: [const { MaybeUninit::uninit() }; 32],
-        n: 0,
-    };
-    // SAFETY: the callback writes only into `scan`. No dlopen inside it: the
-    // loader's list lock is held there.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut scan as *mut Scan).cast()) };
-    for i in 0..scan.n {
-        // SAFETY: the first `n` entries were written by the callback.
-        let c = unsafe { scan.found[i].assume_init_read() };
-        publish_pending(&c);
-    }
+    // SAFETY: the callback only reads the info and writes our registry. No
+    // dlopen inside it: the loader's list lock is held there.
+    unsafe { libc::dl_iterate_phdr(Some(each), core::ptr::null_mut()) };
 }
 
 /// Publishes a copy seen by `dl_iterate_phdr`, unconfirmed. Caller holds the
@@ -291,8 +281,7 @@ fn confirm(index: usize, c: &RuntimeCopy) {
             .unwrap_or(0)
     };
     if sym(row.confirm) == 0 {
-        // SAFETY: dropping the reference we just took.
-        unsafe { libc::dlclose(handle) };
+        crate::next::real_dlclose(handle);
         c.state.store(REJECTED, Release);
         return;
     }

@@ -29,6 +29,19 @@ struct CacheSlot {
     key: AtomicUsize,
     real: AtomicUsize,
     copy: AtomicUsize,
+    /// The unload generation the answer was made in (see `GENERATION`).
+    generation: AtomicUsize,
+}
+
+/// Bumped by every `dlclose` (hooks::unload): an object loaded later at the
+/// same address as an unloaded one is another object, so an answer made
+/// before is stale. Cached answers carry their generation; a stale one is a
+/// miss and is resolved again. One relaxed load on the hot path.
+static GENERATION: AtomicUsize = AtomicUsize::new(0);
+
+/// An object may have been unloaded: every cached answer becomes stale.
+pub fn objects_unloaded() {
+    GENERATION.fetch_add(1, Release);
 }
 
 /// (call site, hook) -> target. Call sites are few and fixed (one per
@@ -40,6 +53,7 @@ static CACHE: [CacheSlot; CACHE_SLOTS] = [const {
         key: AtomicUsize::new(0),
         real: AtomicUsize::new(0),
         copy: AtomicUsize::new(0),
+        generation: AtomicUsize::new(0),
     }
 }; CACHE_SLOTS];
 
@@ -60,10 +74,16 @@ fn slot_of(key: usize) -> usize {
 
 fn cache_get(key: usize) -> Option<Target> {
     let start = slot_of(key);
+    let now = GENERATION.load(Acquire);
     for i in 0..PROBES {
         let s = &CACHE[(start + i) % CACHE_SLOTS];
         let k = s.key.load(Acquire);
         if k == key {
+            // The generation is stored after the answer (Release), so an
+            // answer read after a current generation is the current answer.
+            if s.generation.load(Acquire) != now {
+                return None;
+            }
             let copy = s.copy.load(Relaxed);
             return Some(Target {
                 real: s.real.load(Relaxed),
@@ -79,11 +99,20 @@ fn cache_get(key: usize) -> Option<Target> {
 
 fn cache_put(key: usize, target: Target) {
     let start = slot_of(key);
+    let now = GENERATION.load(Acquire);
+    // A stale answer under the same key is replaced in place (it would
+    // shadow a new slot further along the probe chain); otherwise the first
+    // empty slot is taken. A reader meeting BUSY treats it as a miss.
     for i in 0..PROBES {
         let s = &CACHE[(start + i) % CACHE_SLOTS];
-        if s.key.compare_exchange(0, BUSY, Acquire, Relaxed).is_ok() {
+        let k = s.key.load(Acquire);
+        if k != key && k != 0 {
+            continue;
+        }
+        if s.key.compare_exchange(k, BUSY, Acquire, Relaxed).is_ok() {
             s.real.store(target.real, Relaxed);
             s.copy.store(target.copy.map_or(0, |c| c + 1), Relaxed);
+            s.generation.store(now, Release);
             s.key.store(key, Release);
             return;
         }
