@@ -10,6 +10,7 @@ mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;
 mod hazards;
+mod hook_coverage;
 mod ledger;
 mod python;
 mod real_libs;

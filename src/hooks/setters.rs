@@ -115,17 +115,9 @@ setter!(
     0
 );
 setter!(MKL_Set_Num_Threads, mkl_upper_set_hook, c_int);
-setter!(mkl_set_num_threads, mkl_set_num_threads_hook, c_int);
 setter!(
     MKL_Set_Num_Threads_Local,
     mkl_upper_set_local_hook,
-    c_int,
-    c_int,
-    0
-);
-setter!(
-    mkl_set_num_threads_local,
-    mkl_set_num_threads_local_hook,
     c_int,
     c_int,
     0
@@ -140,3 +132,37 @@ setter!(
     flexiblas_set_num_threads_hook,
     c_int
 );
+
+/// A Fortran-style setter `R name(const int *n)`: MKL's lowercase
+/// `mkl_set_num_threads` and `mkl_set_num_threads_local` in libmkl_rt are the
+/// Fortran entry points (the C header maps the lowercase names to the
+/// CamelCase C functions), so they take the count by reference. The clamped
+/// value is passed through a pointer to our own copy: the caller's memory is
+/// never written.
+macro_rules! setter_ref {
+    ($name:ident, $body:ident, $ret:ty, $zero:expr) => {
+        unsafe extern "C-unwind" fn $body(n: *const c_int) -> $ret {
+            let ret = take_caller();
+            if n.is_null() {
+                // Nothing to clamp: forward as it came.
+                return match super::target(ret, Hook::$name) {
+                    Some(t) => call!(t.real, fn(*const c_int) -> $ret, n),
+                    None => $zero,
+                };
+            }
+            // SAFETY: a non-null pointer to the caller's count, as the
+            // Fortran ABI passes it.
+            let asked = unsafe { n.read() };
+            let (target, clamped) = clamp(ret, Hook::$name, i64::from(asked));
+            let local: c_int = clamped as c_int;
+            match target {
+                Some(t) => call!(t.real, fn(*const c_int) -> $ret, &local),
+                None => $zero,
+            }
+        }
+        trampoline!($name => $body);
+    };
+}
+
+setter_ref!(mkl_set_num_threads, mkl_set_num_threads_hook, (), ());
+setter_ref!(mkl_set_num_threads_local, mkl_set_num_threads_local_hook, c_int, 0);
