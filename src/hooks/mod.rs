@@ -1,10 +1,14 @@
 //! Hooks: the exported symbols that interpose the runtimes' own.
 //!
 //! Every hook reads the same way:
-//!   1. ensure init (lazy, idempotent, safe before our constructor ran);
-//!   2. take the reentry guard (our bookkeeping never recurses into itself);
-//!   3. apply the budget;
-//!   4. call the real function of the caller's own runtime copy.
+//!   1. ensure init (`ensure`: lazy, idempotent, safe before our constructor);
+//!   2. find the target (`target` / `resolve_or_abort`, keyed by the hook's
+//!      row in `table`; the policy when there is none is `no_target`);
+//!   3. apply the budget inside `fenced` (the reentry guard and panic fence);
+//!   4. call the real function of the caller's own runtime copy (`call!`).
+//!
+//! The libc hooks (`pthread_create`, `fork`, `_exit`, `dlclose`) follow the
+//! same steps with `crate::next` as their target.
 //!
 //! Step 4 needs the caller: in a Python process the runtime copies are loaded
 //! privately (RTLD_LOCAL) and several live side by side, so `RTLD_NEXT` finds
@@ -20,12 +24,12 @@ pub mod exit;
 pub mod fork;
 pub mod grant;
 pub mod kmpc;
-pub mod unload;
 pub mod queries;
 pub mod regions;
 pub mod setters;
 pub mod table;
 pub mod threads;
+pub mod unload;
 
 pub use crate::boundary::{Guard, fenced};
 use core::cell::Cell;
