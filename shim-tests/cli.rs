@@ -1,13 +1,50 @@
-//! Issue 8: the `parbudget` command.
+//! Issue 8: the `parbudget` command; its clap command line (bad usage is one
+//! line and exit 2), the shim lookup, run and doctor.
+//!
+//! By default these test the launcher `cargo build --release` made, beside
+//! target/release/libparbudget.so. scripts/test-wheel runs them again against
+//! the launcher `pip install` put in a fresh venv (PARBUDGET_TEST_BIN=that
+//! venv's bin/parbudget), with no cargo on PATH: then the shim expected is the
+//! wheel's `<venv>/lib/libparbudget.so` and the Python is the venv's.
 
 use crate::support::*;
+use std::path::PathBuf;
+
+/// The installed launcher under test, if scripts/test-wheel set one.
+fn installed() -> Option<PathBuf> {
+    std::env::var_os("PARBUDGET_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
 
 fn bin() -> String {
-    // The launcher built beside the shim (scripts/test builds both).
-    root()
-        .join("target/release/parbudget")
-        .display()
-        .to_string()
+    match installed() {
+        Some(b) => b.display().to_string(),
+        // The launcher built beside the shim (scripts/test builds both).
+        None => root()
+            .join("target/release/parbudget")
+            .display()
+            .to_string(),
+    }
+}
+
+/// The shim the launcher must find without PARBUDGET_LIB.
+fn expected_shim() -> String {
+    match installed() {
+        Some(b) => std::fs::canonicalize(b.parent().unwrap().join("../lib/libparbudget.so"))
+            .expect("the wheel installs <prefix>/lib/libparbudget.so")
+            .display()
+            .to_string(),
+        None => shim().display().to_string(),
+    }
+}
+
+/// A Python with numpy: the installed venv's, else the project's.
+fn numpy_python() -> String {
+    match installed() {
+        Some(b) => b.parent().unwrap().join("python").display().to_string(),
+        None => python(),
+    }
 }
 
 #[test]
@@ -31,8 +68,76 @@ fn run_puts_the_shim_first_and_keeps_the_users_preload() {
     let line = r.stdout.trim();
     let (preload, cores) = line.split_once('|').unwrap();
     let parts: Vec<_> = preload.split(':').collect();
-    assert_eq!(parts, vec![shim().display().to_string(), extra], "{line}");
+    assert_eq!(parts, vec![expected_shim(), extra], "{line}");
     assert_eq!(cores, "3");
+}
+
+#[test]
+fn run_takes_a_command_without_dashes_and_the_last_of_a_repeated_option() {
+    let r = cmd(
+        &bin(),
+        &[
+            "run",
+            "--cores=3",
+            "--cores",
+            "4",
+            "sh",
+            "-c",
+            "echo \"$PARBUDGET_CORES $PARBUDGET_FORK\" \"$@\"",
+            "sh",
+            "--cores",
+            "9",
+        ],
+    )
+    .run();
+    r.ok();
+    assert_eq!(
+        r.stdout.trim(),
+        "4  --cores 9",
+        "the command's own options are its own"
+    );
+}
+
+#[test]
+fn a_missing_shim_is_one_line_naming_where_the_launcher_looked() {
+    // A broken install: the launcher without its ../lib/libparbudget.so.
+    let dir = tempdir("broken-install");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let copy = dir.join("bin/parbudget");
+    // A hard link, not a copy: a file just written can be "busy" at exec
+    // while another test thread forks with its write descriptor open.
+    std::fs::hard_link(bin(), &copy).unwrap();
+    for sub in [vec!["run", "--", "true"], vec!["doctor", "--", "true"]] {
+        let r = cmd(copy.to_str().unwrap(), &sub).run();
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        let d = dir.display();
+        assert!(
+            r.stderr.contains(&format!(
+                "looked at {d}/bin/libparbudget.so and {d}/lib/libparbudget.so"
+            )),
+            "{}",
+            r.stderr
+        );
+    }
+    let r = cmd(copy.to_str().unwrap(), &["run", "--", "true"])
+        .env("PARBUDGET_LIB", "/nonexistent/libparbudget.so")
+        .run();
+    assert_eq!(r.code, 1);
+    assert_eq!(
+        r.stderr.trim(),
+        "parbudget: PARBUDGET_LIB=/nonexistent/libparbudget.so is not a file"
+    );
+    // PARBUDGET_LIB repairs it.
+    let so = expected_shim();
+    let r = cmd(
+        copy.to_str().unwrap(),
+        &["run", "--", "sh", "-c", "echo $LD_PRELOAD"],
+    )
+    .env("PARBUDGET_LIB", &so)
+    .run();
+    r.ok();
+    assert_eq!(r.stdout.trim(), so);
 }
 
 #[test]
@@ -72,30 +177,136 @@ fn run_applies_the_budget_and_options() {
 
 #[test]
 fn bad_usage_exits_2_with_one_line() {
-    for args in [
-        vec!["run", "--cores", "0", "--", "true"],
-        vec!["run", "--cores", "abc", "--", "true"],
-        vec!["run", "--frobnicate", "--", "true"],
-        vec!["run"],
-        vec!["run", "--fork", "sometimes", "--", "true"],
-        vec!["doctor", "--json"],
-        vec!["launch"],
+    for (args, says) in [
+        (
+            vec!["run", "--cores", "0", "--", "true"],
+            "invalid value '0' for '--cores <N>': expected a whole number from 1 to 4096",
+        ),
+        (
+            vec!["run", "--cores", "abc", "--", "true"],
+            "invalid value 'abc'",
+        ),
+        (
+            vec!["run", "--cores", "+3", "--", "true"],
+            "invalid value '+3'",
+        ),
+        (
+            vec!["run", "--frobnicate", "--", "true"],
+            "unexpected argument '--frobnicate'",
+        ),
+        (vec!["run"], "missing command: put it after --"),
+        (
+            vec!["run", "--fork", "sometimes", "--", "true"],
+            "[possible values: fresh, serial, abort, warn]",
+        ),
+        (vec!["doctor", "--json"], "missing command: put it after --"),
+        (
+            vec!["doctor", "--report", "x", "--", "true"],
+            "unexpected argument '--report'",
+        ),
+        (vec!["launch"], "unrecognized subcommand 'launch'"),
+        (vec![], "missing command: run, doctor or kernel"),
+        (vec!["--frob"], "unexpected argument '--frob'"),
+        (
+            vec!["kernel"],
+            "missing kernel command: install, list or remove",
+        ),
+        (vec!["kernel", "add"], "unrecognized subcommand 'add'"),
+        (
+            vec!["kernel", "install", "--user", "--sys-prefix"],
+            "cannot be used with",
+        ),
+        (
+            vec!["kernel", "install", "--name", "My Kernel"],
+            "invalid value 'My Kernel' for '--name <NAME>'",
+        ),
+        (
+            vec!["kernel", "install", "--cores", "5000"],
+            "invalid value '5000'",
+        ),
+        (vec!["kernel", "remove"], "<NAME>"),
+        (
+            vec!["kernel", "list", "extra"],
+            "unexpected argument 'extra'",
+        ),
     ] {
         let r = cmd(&bin(), &args).run();
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
         assert_eq!(r.stderr.lines().count(), 1, "{args:?}: {}", r.stderr);
-        assert!(r.stderr.starts_with("parbudget: "));
+        assert!(
+            r.stderr.starts_with("parbudget: "),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(says), "{args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.stdout);
     }
 }
 
 #[test]
-fn help_and_version() {
+fn help_comes_from_the_parser_and_version_from_cargo_toml() {
     let r = cmd(&bin(), &["--help"]).run();
     r.ok();
-    assert!(r.stdout.contains("parbudget run") && r.stdout.contains("parbudget doctor"));
+    assert!(
+        r.stdout.contains("Usage: parbudget <COMMAND>"),
+        "{}",
+        r.stdout
+    );
+    for sub in ["run", "doctor", "kernel"] {
+        assert!(
+            r.stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub}: {}",
+            r.stdout
+        );
+    }
+    assert!(r.stdout.contains("PARBUDGET_LIB"));
+    let r = cmd(&bin(), &["run", "--help"]).run();
+    r.ok();
+    assert!(
+        r.stdout.contains("Usage: parbudget run [OPTIONS] <CMD>..."),
+        "{}",
+        r.stdout
+    );
+    for opt in [
+        "--cores <N>",
+        "--log <LEVEL>",
+        "--report <PATH>",
+        "--fork <POLICY>",
+        "fresh, serial, abort, warn",
+    ] {
+        assert!(r.stdout.contains(opt), "{opt}: {}", r.stdout);
+    }
+    let r = cmd(&bin(), &["doctor", "-h"]).run();
+    r.ok();
+    assert!(
+        r.stdout.contains("--json") && !r.stdout.contains("--report"),
+        "{}",
+        r.stdout
+    );
+    let r = cmd(&bin(), &["kernel", "install", "--help"]).run();
+    r.ok();
+    for opt in [
+        "--cores <N>",
+        "--name <NAME>",
+        "--user",
+        "--sys-prefix",
+        "--force",
+    ] {
+        assert!(r.stdout.contains(opt), "{opt}: {}", r.stdout);
+    }
+    let r = cmd(&bin(), &["help", "kernel"]).run();
+    r.ok();
+    assert!(
+        r.stdout.contains("Usage: parbudget kernel <COMMAND>"),
+        "{}",
+        r.stdout
+    );
     let r = cmd(&bin(), &["--version"]).run();
     r.ok();
-    assert!(r.stdout.starts_with("parbudget 0."));
+    assert_eq!(
+        r.stdout.trim(),
+        format!("parbudget {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -157,7 +368,7 @@ fn doctor_shows_the_numpy_openblas_version() {
         &[
             "doctor",
             "--",
-            &python(),
+            &numpy_python(),
             "-c",
             "import numpy; numpy.ones((300,300)) @ numpy.ones((300,300))",
         ],

@@ -1,121 +1,219 @@
-//! `parbudget`: run a program under the budget, or ask what it loads.
+//! `parbudget`: run a program under the budget, ask what it loads, or install
+//! a Jupyter kernel that runs under it.
 //!
 //! This binary must never link the shim: the shim exports `pthread_create`,
 //! `fork` and `_exit`, which would interpose the launcher itself. The library
 //! target is a cdylib only, so it cannot be linked here by accident.
 
+use clap::error::ErrorKind;
+use clap::{Args, Parser, Subcommand};
 use serde_json::Value;
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-const USAGE: &str = "\
-usage: parbudget run [--cores N] [--log LEVEL] [--report PATH] [--fork POLICY] -- CMD [ARGS...]
-       parbudget doctor [--json] [--cores N] -- CMD [ARGS...]
-       parbudget --help | --version
+const SHIM_HELP: &str = "\
+The shim is libparbudget.so, found at PARBUDGET_LIB, else beside this binary,
+else in ../lib (where `pip install parbudget` puts it).";
 
-run     exec CMD with libparbudget.so first in LD_PRELOAD and the PARBUDGET_*
-        variables set; signals and the exit code are CMD's own.
-doctor  run CMD under the shim with reporting on, then print what it loaded:
-        the budget, each runtime copy (kind, path, version), the threads each
-        made, clamps, conflicts, fork hazards, and advice. CMD's own output goes
-        to stderr so stdout holds only the summary (or, with --json, the report).
+#[derive(Parser, Debug)]
+#[command(
+    name = "parbudget",
+    version,
+    about = "One core budget for every native thread pool in a process tree.",
+    long_about = "One core budget for every native thread pool in a process tree.\n\n\
+        `parbudget run` execs a program with libparbudget.so preloaded, `parbudget doctor` \
+        runs it and reports the pools it loaded, `parbudget kernel` manages Jupyter \
+        kernels that run under the budget.",
+    after_help = SHIM_HELP,
+    subcommand_required = true,
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Sub,
+}
 
-options:
-  --cores N       the core budget (PARBUDGET_CORES); default: affinity and cgroup quota
-  --log LEVEL     error|warn|info|debug|trace or env_logger directives (PARBUDGET_LOG)
-  --report PATH   'stderr' for a table at exit, or a JSON file; %p is the pid (PARBUDGET_REPORT)
-  --fork POLICY   fresh|serial|abort|warn: a fork after GNU OpenMP (PARBUDGET_FORK)
-  --json          doctor: print the report JSON only, on stdout
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// Exec CMD with libparbudget.so first in LD_PRELOAD and PARBUDGET_* set.
+    #[command(
+        long_about = "Exec CMD with the absolute path of libparbudget.so first in LD_PRELOAD \
+            (your own entries stay after it) and the PARBUDGET_* variables set. Signals and \
+            the exit code are CMD's own.",
+        after_help = SHIM_HELP,
+        args_override_self = true
+    )]
+    Run(RunArgs),
+    /// Run CMD under the shim, then print the pools it loaded and advice.
+    #[command(
+        long_about = "Run CMD under the shim with reporting on, then print what it loaded: the \
+            budget, each runtime copy (kind, path, version), the threads each made, clamps, \
+            conflicts, fork hazards and advice. CMD's own output goes to stderr, so stdout \
+            holds only the summary (or, with --json, the report JSON with the child \
+            processes' reports under `children`).",
+        after_help = SHIM_HELP,
+        args_override_self = true
+    )]
+    Doctor(DoctorArgs),
+    /// Jupyter kernels that run every notebook under the budget.
+    #[command(
+        subcommand,
+        long_about = "Jupyter kernelspecs whose kernels run under the budget: the argv of the \
+            Python's own ipykernel kernel, with LD_PRELOAD and PARBUDGET_* added to its env. \
+            Needs ipykernel in the Python parbudget is installed for: the one running \
+            `python -m parbudget`, else the python beside this binary (a venv), else the \
+            pythonX.Y whose site-packages under this binary's prefix hold parbudget.",
+        subcommand_required = true
+    )]
+    Kernel(KernelCmd),
+}
 
-The shim is found beside this binary, in ../lib, or at PARBUDGET_LIB.";
-
-struct Opts {
-    cores: Option<String>,
+/// The PARBUDGET_* variables the launcher can set.
+#[derive(Args, Debug, Default)]
+struct Budget {
+    /// The core budget, 1 to 4096 (PARBUDGET_CORES); default: the affinity
+    /// mask capped by the cgroup CPU quota
+    #[arg(long, value_name = "N", value_parser = parse_cores)]
+    cores: Option<u32>,
+    /// error|warn|info|debug|trace or env_logger directives (PARBUDGET_LOG)
+    #[arg(long, value_name = "LEVEL")]
     log: Option<String>,
-    report: Option<String>,
+    /// What a fork after GNU OpenMP does (PARBUDGET_FORK)
+    #[arg(long, value_name = "POLICY", value_parser = ["fresh", "serial", "abort", "warn"])]
     fork: Option<String>,
-    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    budget: Budget,
+    /// 'stderr' for a table at exit, or a JSON file where %p is the pid
+    /// (PARBUDGET_REPORT)
+    #[arg(long, value_name = "PATH")]
+    report: Option<String>,
+    /// The program and its arguments (after --, or from the first word that
+    /// is not an option)
+    #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
     cmd: Vec<OsString>,
 }
 
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Print the report JSON only, on stdout
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    budget: Budget,
+    /// The program and its arguments
+    #[arg(value_name = "CMD", required = true, num_args = 1.., trailing_var_arg = true)]
+    cmd: Vec<OsString>,
+}
+
+#[derive(Subcommand, Debug)]
+enum KernelCmd {
+    /// Write a kernelspec whose kernel runs under the budget.
+    #[command(
+        long_about = "Write a Jupyter kernelspec NAME: the Python's own ipykernel argv, with \
+            LD_PRELOAD (the absolute path of libparbudget.so) and the PARBUDGET_* variables \
+            given here in its env, so every notebook started on it runs under the budget. \
+            An existing kernelspec NAME is replaced only with --force.",
+        after_help = SHIM_HELP,
+        args_override_self = true
+    )]
+    Install(KernelInstall),
+    /// List the kernelspecs that run under parbudget.
+    List,
+    /// Remove a kernelspec that parbudget installed.
+    Remove {
+        /// The kernelspec's name
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct KernelInstall {
+    #[command(flatten)]
+    budget: Budget,
+    /// The kernelspec's name (letters, digits, '.', '_', '-')
+    #[arg(long, default_value = "parbudget", value_parser = parse_kernel_name)]
+    name: String,
+    /// Install for this user, in Jupyter's user data directory (the default)
+    #[arg(long, conflicts_with = "sys_prefix")]
+    user: bool,
+    /// Install into the Python's prefix (sys.prefix/share/jupyter), e.g. a venv
+    #[arg(long)]
+    sys_prefix: bool,
+    /// Replace a kernelspec of that name if one exists
+    #[arg(long)]
+    force: bool,
+}
+
+fn parse_cores(v: &str) -> Result<u32, String> {
+    match v.parse::<u32>() {
+        Ok(n) if (1..=4096).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err("expected a whole number from 1 to 4096".into()),
+    }
+}
+
+fn parse_kernel_name(v: &str) -> Result<String, String> {
+    if !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+    {
+        Ok(v.to_string())
+    } else {
+        Err("expected lowercase letters, digits, '.', '_' or '-'".into())
+    }
+}
+
+/// Bad usage: one line on stderr, exit 2.
 fn die(msg: &str) -> ExitCode {
     eprintln!("parbudget: {msg} (see parbudget --help)");
     ExitCode::from(2)
 }
 
-fn parse(args: &[OsString], doctor: bool) -> Result<Opts, String> {
-    let mut o = Opts {
-        cores: None,
-        log: None,
-        report: None,
-        fork: None,
-        json: false,
-        cmd: vec![],
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let a = args[i].to_string_lossy().to_string();
-        if a == "--" {
-            o.cmd = args[i + 1..].to_vec();
-            break;
-        }
-        let (key, inline) = match a.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k.to_string(), Some(v.to_string())),
-            _ => (a.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i)
-                .map(|v| v.to_string_lossy().to_string())
-                .ok_or(format!("{name} needs a value"))
-        };
-        match key.as_str() {
-            "--cores" => {
-                let v = value("--cores")?;
-                match v.parse::<u32>() {
-                    Ok(n) if (1..=4096).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => {
-                        o.cores = Some(v)
-                    }
-                    _ => {
-                        return Err(format!(
-                            "bad --cores value '{v}': expected a whole number from 1 to 4096"
-                        ));
-                    }
-                }
-            }
-            "--log" => o.log = Some(value("--log")?),
-            "--report" if !doctor => o.report = Some(value("--report")?),
-            "--fork" => {
-                let v = value("--fork")?;
-                if !["fresh", "serial", "abort", "warn"].contains(&v.as_str()) {
-                    return Err(format!(
-                        "bad --fork value '{v}': expected fresh, serial, abort or warn"
-                    ));
-                }
-                o.fork = Some(v);
-            }
-            "--json" if doctor => o.json = true,
-            _ if a.starts_with('-') => return Err(format!("unknown option '{a}'")),
-            _ => {
-                // A command without "--" is accepted too.
-                o.cmd = args[i..].to_vec();
-                break;
-            }
-        }
-        i += 1;
-    }
-    if o.cmd.is_empty() {
-        return Err("missing command: put it after --".into());
-    }
-    Ok(o)
+/// A broken install or environment: one line on stderr, exit 1.
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("parbudget: {msg}");
+    ExitCode::from(1)
 }
 
-/// libparbudget.so: beside the binary, in ../lib, or PARBUDGET_LIB.
+/// clap's error as one line: its message, the values it lists, no usage block
+/// and no "pass it as a value" tip (we take the command after `--` anyway).
+fn one_line(e: &clap::Error) -> String {
+    if e.kind() == ErrorKind::MissingRequiredArgument && e.to_string().contains("<CMD>") {
+        return "missing command: put it after --".into();
+    }
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand
+    ) {
+        let kernel = std::env::args().skip(1).any(|a| a == "kernel");
+        return if kernel {
+            "missing kernel command: install, list or remove".into()
+        } else {
+            "missing command: run, doctor or kernel".into()
+        };
+    }
+    let text = e.render().to_string();
+    let mut parts: Vec<String> = vec![];
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if l.is_empty() || l.starts_with("tip: to pass") {
+            continue;
+        }
+        parts.push(l.strip_prefix("error: ").unwrap_or(l).to_string());
+    }
+    parts.join(" ")
+}
+
+/// libparbudget.so: PARBUDGET_LIB, else beside the binary, else in ../lib.
 fn find_shim() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("PARBUDGET_LIB").filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
@@ -127,18 +225,83 @@ fn find_shim() -> Result<PathBuf, String> {
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find own path: {e}"))?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    for cand in [
+    let cands = [
         dir.join("libparbudget.so"),
-        dir.join("../lib/libparbudget.so"),
-    ] {
+        dir.parent()
+            .unwrap_or(Path::new(".."))
+            .join("lib/libparbudget.so"),
+    ];
+    for cand in &cands {
         if cand.is_file() {
-            return Ok(std::fs::canonicalize(&cand).unwrap_or(cand));
+            return Ok(std::fs::canonicalize(cand).unwrap_or(cand.clone()));
         }
     }
     Err(format!(
-        "libparbudget.so not found beside {} or in ../lib; set PARBUDGET_LIB",
-        exe.display()
+        "libparbudget.so not found: looked at {} and {} (a broken install: reinstall parbudget, or set PARBUDGET_LIB)",
+        cands[0].display(),
+        cands[1].display()
     ))
+}
+
+/// The Python `parbudget kernel` works with: the one that ran `python -m
+/// parbudget` (PARBUDGET_PYTHON), else python3/python beside this binary (a
+/// venv, conda or a Python's own prefix), else the pythonX.Y whose
+/// site-packages under this binary's prefix hold the package (pip --user, a
+/// system install beside another Python's bin).
+fn find_python() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("PARBUDGET_PYTHON").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own path: {e}"))?;
+    let bin = exe.parent().unwrap_or(Path::new("."));
+    for n in ["python3", "python"] {
+        if bin.join(n).is_file() {
+            return Ok(bin.join(n));
+        }
+    }
+    let lib = bin.parent().unwrap_or(Path::new("..")).join("lib");
+    let mut versions: Vec<String> = std::fs::read_dir(&lib)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n.starts_with("python3"))
+                .filter(|n| {
+                    ["site-packages", "dist-packages"]
+                        .iter()
+                        .any(|sp| lib.join(n).join(sp).join("parbudget/__init__.py").is_file())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for v in versions.iter().rev() {
+        for dir in std::iter::once(bin.to_path_buf()).chain(std::env::split_paths(&path)) {
+            if dir.join(v).is_file() {
+                return Ok(dir.join(v));
+            }
+        }
+    }
+    Err(format!(
+        "cannot tell which Python parbudget is installed for: no python beside {} and no pythonX.Y on PATH for {}/python3.*/site-packages/parbudget; run `python -m parbudget kernel ...` with that Python",
+        exe.display(),
+        lib.display()
+    ))
+}
+
+/// The PARBUDGET_* variables an option set asks for.
+fn budget_env(b: &Budget) -> Vec<(&'static str, String)> {
+    let mut v = vec![];
+    if let Some(n) = b.cores {
+        v.push(("PARBUDGET_CORES", n.to_string()));
+    }
+    if let Some(l) = &b.log {
+        v.push(("PARBUDGET_LOG", l.clone()));
+    }
+    if let Some(f) = &b.fork {
+        v.push(("PARBUDGET_FORK", f.clone()));
+    }
+    v
 }
 
 /// Our shim first, then the user's entries (minus any other copy of ours).
@@ -163,39 +326,34 @@ fn compose_preload(shim: &Path, existing: Option<OsString>) -> OsString {
     out
 }
 
-fn command(o: &Opts, shim: &Path) -> Command {
-    let mut c = Command::new(&o.cmd[0]);
-    c.args(&o.cmd[1..]);
+fn command(cmd: &[OsString], env: &[(&str, String)], shim: &Path) -> Command {
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]);
     c.env(
         "LD_PRELOAD",
         compose_preload(shim, std::env::var_os("LD_PRELOAD")),
     );
-    for (k, v) in [
-        ("PARBUDGET_CORES", &o.cores),
-        ("PARBUDGET_LOG", &o.log),
-        ("PARBUDGET_REPORT", &o.report),
-        ("PARBUDGET_FORK", &o.fork),
-    ] {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
+    // Set by `python -m parbudget` for `kernel` only; not the program's.
+    c.env_remove("PARBUDGET_PYTHON");
+    for (k, v) in env {
+        c.env(k, v);
     }
     c
 }
 
-fn run(args: &[OsString]) -> ExitCode {
-    let o = match parse(args, false) {
-        Ok(o) => o,
-        Err(e) => return die(&e),
-    };
+fn run(a: RunArgs) -> ExitCode {
     let shim = match find_shim() {
         Ok(s) => s,
-        Err(e) => return die(&e),
+        Err(e) => return fail(&e),
     };
-    let err = command(&o, &shim).exec();
+    let mut env = budget_env(&a.budget);
+    if let Some(r) = a.report {
+        env.push(("PARBUDGET_REPORT", r));
+    }
+    let err = command(&a.cmd, &env, &shim).exec();
     eprintln!(
         "parbudget: cannot run {}: {err}",
-        o.cmd[0].to_string_lossy()
+        a.cmd[0].to_string_lossy()
     );
     ExitCode::from(if err.kind() == std::io::ErrorKind::NotFound {
         127
@@ -204,21 +362,18 @@ fn run(args: &[OsString]) -> ExitCode {
     })
 }
 
-fn doctor(args: &[OsString]) -> ExitCode {
-    let mut o = match parse(args, true) {
-        Ok(o) => o,
-        Err(e) => return die(&e),
-    };
+fn doctor(a: DoctorArgs) -> ExitCode {
     let shim = match find_shim() {
         Ok(s) => s,
-        Err(e) => return die(&e),
+        Err(e) => return fail(&e),
     };
     let dir = std::env::temp_dir().join(format!("parbudget-doctor-{}", std::process::id()));
     if let Err(e) = std::fs::create_dir(&dir) {
-        return die(&format!("cannot create {}: {e}", dir.display()));
+        return fail(&format!("cannot create {}: {e}", dir.display()));
     }
-    o.report = Some(format!("{}/r-%p.json", dir.display()));
-    let mut c = command(&o, &shim);
+    let mut env = budget_env(&a.budget);
+    env.push(("PARBUDGET_REPORT", format!("{}/r-%p.json", dir.display())));
+    let mut c = command(&a.cmd, &env, &shim);
     // The program's stdout goes to our stderr: our stdout is the summary.
     c.stdout(Stdio::from(
         std::io::stderr()
@@ -230,7 +385,7 @@ fn doctor(args: &[OsString]) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
-            return die(&format!("cannot run {}: {e}", o.cmd[0].to_string_lossy()));
+            return fail(&format!("cannot run {}: {e}", a.cmd[0].to_string_lossy()));
         }
     };
     let mut reports: Vec<Value> = std::fs::read_dir(&dir)
@@ -259,7 +414,7 @@ fn doctor(args: &[OsString]) -> ExitCode {
         return ExitCode::from(code.clamp(0, 255) as u8);
     };
     let mut main = reports.remove(main_idx);
-    if o.json {
+    if a.json {
         main["children"] = Value::Array(reports);
         main["exit_code"] = Value::from(code);
         println!("{}", serde_json::to_string_pretty(&main).unwrap());
@@ -269,7 +424,58 @@ fn doctor(args: &[OsString]) -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-use std::os::fd::AsFd;
+/// The kernelspec work is Jupyter's (its data paths, the ipykernel argv of
+/// the Python that will run the kernel), so it runs in that Python:
+/// `parbudget._kernel` from the installed package, which prints one line and
+/// exits 1 on failure.
+fn kernel(k: KernelCmd) -> ExitCode {
+    let python = match find_python() {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let mut args: Vec<OsString> = vec![];
+    match k {
+        KernelCmd::Install(a) => {
+            let shim = match find_shim() {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            args.extend(["install".into(), "--name".into(), a.name.into()]);
+            args.push(
+                if a.sys_prefix {
+                    "--sys-prefix"
+                } else {
+                    "--user"
+                }
+                .into(),
+            );
+            if a.force {
+                args.push("--force".into());
+            }
+            let mut pre = OsString::from("LD_PRELOAD=");
+            pre.push(&shim);
+            args.extend(["--env".into(), pre]);
+            for (k, v) in budget_env(&a.budget) {
+                args.extend(["--env".into(), format!("{k}={v}").into()]);
+            }
+        }
+        KernelCmd::List => args.push("list".into()),
+        KernelCmd::Remove { name } => args.extend(["remove".into(), name.into()]),
+    }
+    // `-c`, not `-m`: a Python without the package gets one parbudget line,
+    // not a traceback; the current directory is not searched for modules.
+    const BOOT: &str = "import sys\n\
+        sys.path = [p for p in sys.path if p not in ('', '.')]\n\
+        try:\n    from parbudget import _kernel\n\
+        except ImportError as e:\n    \
+        sys.exit('parbudget: ' + sys.executable + ' cannot import parbudget (' + str(e) + '): install parbudget for it, or run `python -m parbudget kernel ...` with the Python it is installed for')\n\
+        sys.exit(_kernel.main(sys.argv[1:]))\n";
+    let mut c = Command::new(&python);
+    c.arg("-c").arg(BOOT).args(&args);
+    c.env_remove("LD_PRELOAD");
+    let err = c.exec();
+    fail(&format!("cannot run {}: {err}", python.display()))
+}
 
 /// Version of a runtime copy where it can be read: the Python distribution
 /// that ships it (numpy.libs -> numpy-X.dist-info), else the file's soname
@@ -404,23 +610,21 @@ fn summary(r: &Value, children: &[Value], code: i32) -> String {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    match args
-        .first()
-        .map(|a| a.to_string_lossy().to_string())
-        .as_deref()
-    {
-        Some("run") => run(&args[1..]),
-        Some("doctor") => doctor(&args[1..]),
-        Some("--help") | Some("-h") | Some("help") => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    print!("{}", e.render());
+                    ExitCode::SUCCESS
+                }
+                _ => die(&one_line(&e)),
+            };
         }
-        Some("--version") | Some("-V") => {
-            println!("parbudget {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some(other) => die(&format!("unknown command '{other}'")),
-        None => die("missing command: run or doctor"),
+    };
+    match cli.cmd {
+        Sub::Run(a) => run(a),
+        Sub::Doctor(a) => doctor(a),
+        Sub::Kernel(k) => kernel(k),
     }
 }
