@@ -16,9 +16,12 @@ fn dlopen_dlclose_cycles_at_one_address_never_reach_a_stale_copy() {
     // same address. The plain run pins both libgomp copies (without the shim,
     // unloading a libgomp whose pool threads run crashes the process).
     let (a, b) = (fixture("libbound_sys.so"), fixture("libbound.so"));
-    let base = cmd(&fixture("dlcycle"), &["200", &a, &b, "libgomp.so.1", &vendored_gomp()])
-        .timeout(60)
-        .run();
+    let base = cmd(
+        &fixture("dlcycle"),
+        &["200", &a, &b, "libgomp.so.1", &vendored_gomp()],
+    )
+    .timeout(60)
+    .run();
     base.ok();
     assert_eq!(base.int("wrong"), 0, "{}", base.stdout);
     let dir = tempdir("dlcycle");
@@ -35,7 +38,12 @@ fn dlopen_dlclose_cycles_at_one_address_never_reach_a_stale_copy() {
         "the test is only meaningful when the libraries share an address: {}",
         r.stdout
     );
-    assert_eq!(r.int("wrong"), 0, "a region went to a stale copy: {}", r.stdout);
+    assert_eq!(
+        r.int("wrong"),
+        0,
+        "a region went to a stale copy: {}",
+        r.stdout
+    );
     assert_eq!(r.int("min_team"), 2);
     let rep = &reports(&dir)[0];
     let gomps = runtimes_of(rep, "libgomp");

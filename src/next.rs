@@ -60,5 +60,7 @@ pub fn real_dlclose(handle: *mut core::ffi::c_void) -> i32 {
         return -1;
     }
     // SAFETY: glibc's dlclose, with its signature, on a handle we own.
-    unsafe { core::mem::transmute::<usize, extern "C" fn(*mut core::ffi::c_void) -> i32>(f)(handle) }
+    unsafe {
+        core::mem::transmute::<usize, extern "C" fn(*mut core::ffi::c_void) -> i32>(f)(handle)
+    }
 }

@@ -39,8 +39,8 @@
 //!     vfork, posix_spawn and exec run no atfork handlers and start clean.
 
 use super::fenced;
-use crate::next::FORK;
 use crate::config::ForkPolicy;
+use crate::next::FORK;
 use crate::process;
 use crate::runtime::{self, RuntimeCopy};
 use crate::stackbuf::Quoted;

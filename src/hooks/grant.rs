@@ -12,10 +12,11 @@
 //! - a region with a clause `n` within the limit gets exactly `n` threads,
 //!   unless its entry point shows its body adapts to any team (see
 //!   `regions::Shape`);
-//! - `omp_get_max_threads()` tells the truth: it returns what the ledger would
-//!   grant this thread now, and that answer is a promise: this thread's next
-//!   regions without a clause get exactly that many threads (as if the
-//!   answer had been its nthreads ICV), until it asks again;
+//! - `omp_get_max_threads()` tells the truth, and keeps it: the first time a
+//!   thread asks, it answers what the ledger would grant it then, and the
+//!   same afterwards (an ICV changes only when the program sets it with
+//!   `omp_set_num_threads`). That answer is a promise: the thread's regions
+//!   without a clause get exactly that many threads;
 //! - a region without a clause on a thread that was promised nothing gets
 //!   what fits (its body cannot have counted on a number it never saw);
 //! - keeping a promise may take the ledger over the budget: that is counted

@@ -64,7 +64,20 @@ macro_rules! setter {
     };
 }
 
-setter!(omp_set_num_threads, omp_set_num_threads_hook, c_int);
+/// `omp_set_num_threads(n)` sets this thread's nthreads ICV: clamped to the
+/// budget, and remembered as the thread's promise (what its
+/// `omp_get_max_threads()` answers and its regions without a clause get).
+unsafe extern "C-unwind" fn omp_set_num_threads_hook(n: c_int) {
+    let ret = take_caller();
+    let (target, n) = clamp(ret, Hook::omp_set_num_threads, i64::from(n));
+    if let Some(t) = target {
+        call!(t.real, fn(c_int) -> (), n as c_int);
+        if n >= 1 {
+            super::grant::promise(n as u32);
+        }
+    }
+}
+trampoline!(omp_set_num_threads => omp_set_num_threads_hook);
 setter!(
     openblas_set_num_threads,
     openblas_set_num_threads_hook,
@@ -165,4 +178,9 @@ macro_rules! setter_ref {
 }
 
 setter_ref!(mkl_set_num_threads, mkl_set_num_threads_hook, (), ());
-setter_ref!(mkl_set_num_threads_local, mkl_set_num_threads_local_hook, c_int, 0);
+setter_ref!(
+    mkl_set_num_threads_local,
+    mkl_set_num_threads_local_hook,
+    c_int,
+    0
+);

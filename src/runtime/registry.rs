@@ -134,7 +134,6 @@ fn load_range(info: &libc::dl_phdr_info) -> (usize, usize) {
     (lo, hi)
 }
 
-
 /// Finds runtime copies loaded since the last scan and confirms them. Cheap
 /// when nothing was loaded (one `dl_iterate_phdr` step). Never calls into a
 /// runtime. Takes the loader's lock (dlopen/dlsym): not for `pthread_create`.
