@@ -110,23 +110,42 @@ fn constructor_threads_before_ours_are_safe_and_rpath_origin_still_works() {
 
 #[test]
 fn budget_is_exported_to_later_libraries_and_children() {
-    let r = cmd("sh", &["-c", "echo omp=$OMP_NUM_THREADS; echo blas=$OPENBLAS_NUM_THREADS; echo mkl=$MKL_NUM_THREADS; echo numba=$NUMBA_NUM_THREADS; echo rayon=$RAYON_NUM_THREADS; echo veclib=$VECLIB_MAXIMUM_THREADS"])
+    let echo = "echo omp=$OMP_NUM_THREADS; echo blas=$OPENBLAS_NUM_THREADS; echo mkl=$MKL_NUM_THREADS; echo numba=$NUMBA_NUM_THREADS; echo rayon=$RAYON_NUM_THREADS; echo veclib=$VECLIB_MAXIMUM_THREADS";
+    let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+    // A budget the runtimes would not pick by themselves: every variable
+    // says it.
+    let small = cpus.saturating_sub(1).max(1);
+    let r = cmd("sh", &["-c", echo])
         .shim()
-        .cores(3)
+        .cores(small)
         .env("OMP_NUM_THREADS", "8")
-        .env("MKL_NUM_THREADS", "2")
+        .env("MKL_NUM_THREADS", "1")
         .env("PARBUDGET_LOG", "info")
         .run();
     r.ok();
-    assert_eq!(r.get("omp"), "3", "above the budget: lowered");
-    assert_eq!(r.get("mkl"), "2", "within the budget: kept");
-    assert_eq!(r.get("blas"), "3");
-    assert_eq!(r.get("numba"), "3");
-    assert_eq!(r.get("rayon"), "3");
-    assert_eq!(r.get("veclib"), "3");
+    let s = small.to_string();
+    assert_eq!(r.get("omp"), s, "above the budget: lowered");
+    assert_eq!(r.get("mkl"), "1", "within the budget: kept");
+    assert_eq!(r.get("blas"), s);
+    assert_eq!(r.get("numba"), s);
+    assert_eq!(r.get("rayon"), s);
+    assert_eq!(r.get("veclib"), s);
+    // The budget every runtime picks anyway (all the CPUs it may use): an
+    // unset variable stays unset, so tools that size workers when it is
+    // unset (joblib/loky) keep their rule; a value above it is lowered.
+    let r2 = cmd("sh", &["-c", echo])
+        .shim()
+        .cores(cpus)
+        .env("OMP_NUM_THREADS", "64")
+        .run();
+    r2.ok();
+    assert_eq!(r2.get("omp"), cpus.to_string());
+    assert_eq!(r2.get("blas"), "", "restating the default is not exported");
+    assert_eq!(r2.get("numba"), "");
     assert!(
-        r.stderr
-            .contains("env_lowered var=OMP_NUM_THREADS from=\"8\" to=\"3\""),
+        r.stderr.contains(&format!(
+            "env_lowered var=OMP_NUM_THREADS from=\"8\" to=\"{small}\""
+        )),
         "{}",
         r.stderr
     );

@@ -282,8 +282,15 @@ impl Files for LibcFiles {
 
 /// The CPUs this process may really use: affinity capped by the cgroup quota.
 pub fn detect() -> Budget {
+    choose(affinity_cpus(), cgroup_quota(&LibcFiles))
+}
+
+/// The CPUs in this process's affinity mask: what OpenMP runtimes and
+/// OpenBLAS size their pools to when nobody tells them otherwise (none of
+/// them reads a cgroup quota).
+pub fn affinity_cpus() -> u32 {
     // SAFETY: cpu_set_t is plain bytes; sched_getaffinity fills at most its size.
-    let affinity = unsafe {
+    unsafe {
         let mut set: libc::cpu_set_t = core::mem::zeroed();
         if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0 {
             let bytes = core::slice::from_raw_parts(
@@ -295,8 +302,7 @@ pub fn detect() -> Budget {
             // More CPUs than a cpu_set_t holds, or no answer: the online count.
             libc::sysconf(libc::_SC_NPROCESSORS_ONLN).clamp(1, i64::from(MAX_CORES)) as u32
         }
-    };
-    choose(affinity, cgroup_quota(&LibcFiles))
+    }
 }
 
 #[cfg(test)]

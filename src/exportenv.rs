@@ -25,12 +25,24 @@ pub const VARS: &[&CStr] = &[
     c"TF_NUM_INTEROP_THREADS",
 ];
 
-/// What a variable should hold under the budget: `None` keeps the user's
-/// value (set and within the budget). A list (`OMP_NUM_THREADS=4,2`, one per
-/// nesting level) is clamped element by element.
-pub fn clamp_value(current: Option<&[u8]>, budget: u32) -> Option<StackBuf<256>> {
+/// What a variable should hold under the budget: `None` leaves it as it is.
+/// A value the user set within the budget is kept; one above it is lowered
+/// (a list, `OMP_NUM_THREADS=4,2`, one per nesting level, element by
+/// element). An unset variable is set only when the budget is below
+/// `default_threads`, the size the runtimes pick by themselves: exporting a
+/// value that only restates that default would switch off tools that size
+/// their workers when the variable is unset (joblib/loky gives each worker
+/// `cpu_count() // n_jobs` then, but the parent's value when it is set).
+pub fn clamp_value(
+    current: Option<&[u8]>,
+    budget: u32,
+    default_threads: u32,
+) -> Option<StackBuf<256>> {
     let mut out = StackBuf::<256>::new();
     let Some(cur) = current else {
+        if budget >= default_threads {
+            return None;
+        }
         let _ = write!(out, "{budget}");
         return Some(out);
     };
@@ -89,10 +101,12 @@ pub fn export_spin() {
     }
 }
 
-pub fn export(budget: u32) {
+pub fn export(budget: u32, default_threads: u32) {
     for var in VARS {
         let cur = config::getenv(var);
-        if let Some(mut new) = clamp_value(cur.as_ref().map(|c| c.as_bytes()), budget) {
+        if let Some(mut new) =
+            clamp_value(cur.as_ref().map(|c| c.as_bytes()), budget, default_threads)
+        {
             if let Some(old) = &cur {
                 info!(
                     "env_lowered var={} from={} to={}",
@@ -114,8 +128,23 @@ mod tests {
     use super::*;
 
     fn clamp(v: Option<&str>, b: u32) -> Option<String> {
-        clamp_value(v.map(str::as_bytes), b)
+        clamp_value(v.map(str::as_bytes), b, 64)
             .map(|s| String::from_utf8(s.as_bytes().to_vec()).unwrap())
+    }
+
+    #[test]
+    fn an_unset_variable_is_left_unset_when_the_budget_is_the_default() {
+        assert_eq!(clamp_value(None, 8, 8).map(|s| s.len()), None);
+        assert_eq!(clamp_value(None, 8, 4).map(|s| s.len()), None);
+        assert_eq!(
+            clamp_value(None, 2, 8).map(|s| s.as_bytes().to_vec()),
+            Some(b"2".to_vec())
+        );
+        // A value set above the budget is lowered whatever the default.
+        assert_eq!(
+            clamp_value(Some(b"16"), 8, 8).map(|s| s.as_bytes().to_vec()),
+            Some(b"8".to_vec())
+        );
     }
 
     #[test]

@@ -184,7 +184,7 @@ fn read_settings() -> Settings {
         );
     }
 
-    crate::exportenv::export(budget.cores);
+    crate::exportenv::export(budget.cores, budget::affinity_cpus());
     crate::exportenv::export_spin();
     Settings {
         budget,

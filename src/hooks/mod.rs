@@ -169,9 +169,15 @@ pub fn lookup(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
 
 /// The target of hook `hook` called from `ret`, if one can be found.
 pub fn target(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
-    let t = fenced(None, || {
-        crate::runtime::resolve(ret, hook as u8, hook.name())
-    });
+    let t = if Guard::held() {
+        // Reached from our own bookkeeping (our constructor asks MKL its
+        // thread count, and MKL asks omp_get_max_threads): already fenced.
+        lookup(ret, hook)
+    } else {
+        fenced(None, || {
+            crate::runtime::resolve(ret, hook as u8, hook.name())
+        })
+    };
     fenced((), crate::conflicts::check_pending);
     if t.is_none() {
         no_target(hook.name(), ret);

@@ -158,6 +158,158 @@ pub unsafe fn scan_relocations(obj: &Object, mut each: impl FnMut(usize)) {
     }
 }
 
+const DT_HASH: i64 = 4;
+const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
+const DT_GNU_HASH: i64 = 0x6fff_fef5;
+
+#[repr(C)]
+struct Sym {
+    name: u32,
+    info: u8,
+    other: u8,
+    shndx: u16,
+    value: u64,
+    size: u64,
+}
+
+/// `name`'s definition in `obj`'s own dynamic symbol table (0 if none),
+/// read from the loaded image through its GNU or SysV hash table. Unlike
+/// `dlsym` it takes no loader lock and works on an object whose `dlopen` has
+/// not returned yet (a constructor calling into a runtime loaded with it,
+/// as MKL's threading layer does with libiomp5).
+///
+/// SAFETY: `obj` must stay loaded during the call.
+pub unsafe fn lookup_in(obj: &Object, name: &[u8]) -> usize {
+    if obj.dynamic == 0 {
+        return 0;
+    }
+    let addr = |v: u64| -> usize {
+        let v = v as usize;
+        if obj.contains(v) {
+            v
+        } else {
+            obj.bias.wrapping_add(v)
+        }
+    };
+    let (mut strtab, mut symtab, mut gnu, mut sysv) = (0usize, 0usize, 0usize, 0usize);
+    let mut d = obj.dynamic as *const [i64; 2];
+    for _ in 0..4096 {
+        // SAFETY: (tag, value) pairs ended by DT_NULL, in the loaded image.
+        let [tag, val] = unsafe { *d };
+        match tag {
+            DT_NULL => break,
+            DT_STRTAB => strtab = addr(val as u64),
+            DT_SYMTAB => symtab = addr(val as u64),
+            DT_GNU_HASH => gnu = addr(val as u64),
+            DT_HASH => sysv = addr(val as u64),
+            _ => {}
+        }
+        // SAFETY: not past DT_NULL yet.
+        d = unsafe { d.add(1) };
+    }
+    if strtab == 0 || symtab == 0 || !obj.contains(strtab) || !obj.contains(symtab) {
+        return 0;
+    }
+    let matches = |i: usize| -> usize {
+        // SAFETY: i indexes the symbol table (bounded by the hash table).
+        let s = unsafe { &*(symtab as *const Sym).add(i) };
+        if s.shndx == 0 || s.value == 0 || !obj.contains(strtab + s.name as usize) {
+            return 0;
+        }
+        // SAFETY: a NUL-terminated name inside the string table.
+        let n = unsafe {
+            core::ffi::CStr::from_ptr((strtab + s.name as usize) as *const core::ffi::c_char)
+        };
+        if n.to_bytes() == name {
+            obj.bias.wrapping_add(s.value as usize)
+        } else {
+            0
+        }
+    };
+    if gnu != 0 && obj.contains(gnu) {
+        // SAFETY: the GNU hash header and arrays, in the loaded image.
+        unsafe {
+            let h = gnu as *const u32;
+            let (nbuckets, symoffset, bloom_size) =
+                (*h as usize, *h.add(1) as usize, *h.add(2) as usize);
+            if nbuckets == 0 {
+                return 0;
+            }
+            let buckets = h.add(4 + bloom_size * (core::mem::size_of::<usize>() / 4));
+            let chains = buckets.add(nbuckets);
+            let hash = name.iter().fold(5381u32, |h, c| {
+                h.wrapping_mul(33).wrapping_add(u32::from(*c))
+            });
+            let mut i = *buckets.add(hash as usize % nbuckets) as usize;
+            if i < symoffset {
+                return 0;
+            }
+            for _ in 0..1 << 20 {
+                let h2 = *chains.add(i - symoffset);
+                if (h2 | 1) == (hash | 1) {
+                    let p = matches(i);
+                    if p != 0 {
+                        return p;
+                    }
+                }
+                if h2 & 1 != 0 {
+                    break;
+                }
+                i += 1;
+            }
+        }
+        return 0;
+    }
+    if sysv != 0 && obj.contains(sysv) {
+        // SAFETY: the SysV hash table: nbucket, nchain, buckets, chains.
+        unsafe {
+            let h = sysv as *const u32;
+            let nchain = *h.add(1) as usize;
+            for i in 1..nchain.min(1 << 20) {
+                let p = matches(i);
+                if p != 0 {
+                    return p;
+                }
+            }
+        }
+    }
+    0
+}
+
+/// The definition of `name` in an object the caller's resolved bindings point
+/// into, found without the loader (see `lookup_in`): for callers whose runtime
+/// is still being loaded, so neither the registry nor `dlopen(RTLD_NOLOAD)`
+/// knows it yet. The object with the most bindings that defines it wins.
+pub fn bound_definition(obj: &Object, name: &[u8], ours: usize) -> usize {
+    const N: usize = 16;
+    let mut seen: [(Object, u32); N] = [(Object::default(), 0); N];
+    let mut n = 0;
+    // SAFETY: `obj` is the object of a hook's caller, loaded while it runs.
+    unsafe {
+        scan_relocations(obj, |v| {
+            if let Some(k) = seen[..n].iter().position(|(o, _)| o.contains(v)) {
+                seen[k].1 += 1;
+            } else if n < N
+                && let Some(o) = object_at(v)
+                && o.bias != ours
+            {
+                seen[n] = (o, 1);
+                n += 1;
+            }
+        })
+    };
+    seen[..n].sort_by(|a, b| b.1.cmp(&a.1));
+    for (o, _) in &seen[..n] {
+        // SAFETY: an object the caller is bound into stays loaded with it.
+        let p = unsafe { lookup_in(o, name) };
+        if p != 0 {
+            return p;
+        }
+    }
+    0
+}
+
 /// How many of the caller object's resolved bindings point into each
 /// registered runtime copy (indexed like the registry).
 pub fn evidence(obj: &Object) -> [u32; MAX_COPIES] {
@@ -202,6 +354,20 @@ mod tests {
         };
         assert!(outside > 0, "no resolved binding found");
         assert!(into_libc > 0, "no binding into libc found among {outside}");
+    }
+
+    #[test]
+    fn finds_a_definition_in_libc_through_its_hash_table() {
+        let libc_obj = object_at(libc::getpid as *const () as usize).expect("libc is loaded");
+        // SAFETY: libc stays loaded.
+        let p = unsafe { lookup_in(&libc_obj, b"getpid") };
+        assert_ne!(p, 0);
+        // The same function dlsym finds (glibc has no second getpid).
+        // SAFETY: RTLD_DEFAULT lookup of a NUL-terminated name.
+        let d = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"getpid".as_ptr()) } as usize;
+        assert_eq!(p, d);
+        // SAFETY: as above.
+        assert_eq!(unsafe { lookup_in(&libc_obj, b"no_such_symbol_here") }, 0);
     }
 
     #[test]

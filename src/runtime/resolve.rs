@@ -186,6 +186,14 @@ fn resolve_slow(ret: usize, obj: Option<binding::Object>, name: &CStr) -> Option
         // capsules): find the definition by name among the loaded objects.
         real = search_loaded(name);
     }
+    if real == 0
+        && let Some(o) = obj
+    {
+        // A caller running while its runtime is still being loaded (a
+        // constructor inside dlopen): neither dlsym nor dlopen(RTLD_NOLOAD)
+        // see that runtime yet, its image does.
+        real = binding::bound_definition(&o, name.to_bytes(), our_base());
+    }
     if real == 0 {
         debug!(
             "unresolved symbol={} caller={:#x}",
