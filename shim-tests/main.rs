@@ -9,6 +9,7 @@ mod blas;
 mod budget_and_setters;
 mod cli;
 mod fork_after_gomp;
+mod hardening;
 mod hazards;
 mod hook_coverage;
 mod ledger;

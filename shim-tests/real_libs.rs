@@ -139,7 +139,8 @@ fn diff(
             let c0: f64 = want("chk").parse().unwrap();
             let mag: f64 = want("mag").parse().unwrap();
             let err = (c - c0).abs() / mag.max(1e-300);
-            if !(err <= REL_TOL) {
+            // NaN (a missing checksum) must fail too: compare so it does.
+            if err.is_nan() || err > REL_TOL {
                 bad.push(format!(
                     "{prefix}{w}: float outputs off by {err:.3e} of their magnitude (> {REL_TOL:e}): checksum {c} vs plain {c0}"
                 ));
@@ -188,12 +189,12 @@ fn plain_results_are_bitwise_across_thread_counts_where_claimed() {
                 "{w} float outputs depend on the thread count on this machine"
             ));
         }
-        if let Some(i) = base.get(&format!("{w}_int")) {
-            if &one[&format!("{w}_int")] != i {
-                bad.push(format!(
-                    "{w} integer outputs depend on the thread count on this machine"
-                ));
-            }
+        if let Some(i) = base.get(&format!("{w}_int"))
+            && &one[&format!("{w}_int")] != i
+        {
+            bad.push(format!(
+                "{w} integer outputs depend on the thread count on this machine"
+            ));
         }
     }
     assert!(

@@ -491,12 +491,11 @@ fn version_of(path: &str) -> Option<String> {
             let norm = pkg.replace('-', "_");
             for e in std::fs::read_dir(site).ok()?.flatten() {
                 let n = e.file_name().to_string_lossy().to_string();
-                if let Some(rest) = n.strip_suffix(".dist-info") {
-                    if let Some((d, v)) = rest.rsplit_once('-') {
-                        if d.eq_ignore_ascii_case(&norm) {
-                            return Some(format!("{pkg} {v}"));
-                        }
-                    }
+                if let Some(rest) = n.strip_suffix(".dist-info")
+                    && let Some((d, v)) = rest.rsplit_once('-')
+                    && d.eq_ignore_ascii_case(&norm)
+                {
+                    return Some(format!("{pkg} {v}"));
                 }
             }
         }

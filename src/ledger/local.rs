@@ -1,7 +1,8 @@
 //! The budget arithmetic, pure: what a caller gets (`extras_for`), and the
 //! per-process ledger (an atomic count) used with PARBUDGET_SCOPE=process or
-//! when the shared ledger cannot be used. The shared ledger (`shared`) does
-//! the same arithmetic under its mutex.
+//! when the shared ledger cannot be used (and, while it is used, counting what
+//! this process holds there, ready to take over if it is lost). The shared
+//! ledger (`shared`) does the same arithmetic under its mutex.
 
 use core::sync::atomic::{AtomicU32, Ordering::*};
 
@@ -82,6 +83,14 @@ impl Ledger {
         let _ = self
             .used
             .fetch_update(Release, Relaxed, |u| Some(u.saturating_sub(n)));
+    }
+
+    /// Counts `n` threads taken elsewhere (the shared ledger) as in use here
+    /// too, so this ledger can take over if the shared one is lost.
+    pub fn add_used(&self, n: u32) {
+        let _ = self
+            .used
+            .fetch_update(Release, Relaxed, |u| Some(u.saturating_add(n)));
     }
 
     /// Threads counted in use now.

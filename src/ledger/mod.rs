@@ -7,7 +7,14 @@
 //! Callers count because they run: four threads already in regions on a
 //! 2-core budget oversubscribe it with no extra worker at all, so none is
 //! granted; a lone caller gets the whole budget.
+//!
+//! With the tree's shared ledger in use, the process's own ledger (`LOCAL`)
+//! still counts the threads this process holds. It is what the process
+//! falls back to if the shared one is lost while it runs (shared.rs): then
+//! regions entered before the loss are given back where they are counted.
 
+mod guard;
+mod layout;
 pub mod local;
 pub mod shared;
 
@@ -19,7 +26,8 @@ use core::fmt::Write;
 use log::{info, warn};
 
 /// The per-process ledger: used with PARBUDGET_SCOPE=process, or when the
-/// shared one cannot be used.
+/// shared one cannot be used. While the shared one is used it mirrors what
+/// this process holds there.
 static LOCAL: Ledger = Ledger::new();
 
 /// A caller enters a region wanting `want` extra workers, of which it must
@@ -29,14 +37,36 @@ static LOCAL: Ledger = Ledger::new();
 /// is false for a region nested on a thread already counted by an enclosing
 /// region (it must not count twice).
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
-    shared::enter(want, need, count_caller)
-        .unwrap_or_else(|| LOCAL.enter_as(want, need, count_caller))
+    match shared::enter(want, need, count_caller) {
+        Some(e) => {
+            LOCAL.add_used(e.extras + u32::from(count_caller));
+            e
+        }
+        None => {
+            tell_loss();
+            LOCAL.enter_as(want, need, count_caller)
+        }
+    }
 }
 
 /// The region entered with `extras` (and the same `count_caller`) ended.
 pub fn leave(extras: u32, count_caller: bool) {
     if !shared::leave(extras, count_caller) {
-        LOCAL.leave_as(extras, count_caller);
+        tell_loss();
+    }
+    LOCAL.leave_as(extras, count_caller);
+}
+
+/// The one line a process writes when it loses the shared ledger, at its
+/// first ledger call after the loss (never from the signal handler).
+fn tell_loss() {
+    if let Some((why, name)) = shared::take_loss() {
+        warn!(
+            "ledger_lost name={} reason=\"{}\" using=\"a ledger for this process only\" held_here={} advice=\"processes of this tree may together exceed the budget; leave /dev/shm/parbudget-* alone while they run\"",
+            Quoted(name),
+            why.reason(),
+            LOCAL.used()
+        );
     }
 }
 
@@ -68,13 +98,19 @@ pub fn audit() -> Audit {
 }
 
 pub fn free() -> u32 {
-    shared::free_now().unwrap_or_else(|| LOCAL.free())
+    shared::free_now().unwrap_or_else(|| {
+        tell_loss();
+        LOCAL.free()
+    })
 }
 
 /// Free threads, for a query that would like `want`: dead members of the
 /// tree are reclaimed first when that many are not free.
 pub fn free_for(want: u32) -> u32 {
-    shared::free_for(want).unwrap_or_else(|| LOCAL.free())
+    shared::free_for(want).unwrap_or_else(|| {
+        tell_loss();
+        LOCAL.free()
+    })
 }
 
 /// Atfork child handler: flags and atomic stores only.
@@ -87,15 +123,15 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
 /// ledger whose name we generated removes the name; a name the user chose
 /// stays (it is reused, and dead members' slots are reclaimed).
 pub fn at_exit() {
-    if shared::leave_tree() {
-        if let Some(mut name) =
+    let last = shared::leave_tree();
+    tell_loss();
+    if last
+        && let Some(mut name) =
             crate::config::getenv(c"PARBUDGET_LEDGER").filter(|n| is_generated(n.as_bytes()))
-        {
-            if let Some(c) = name.as_cstr() {
-                // SAFETY: removing the name only; members keep their mappings.
-                unsafe { libc::shm_unlink(c.as_ptr()) };
-            }
-        }
+        && let Some(c) = name.as_cstr()
+    {
+        // SAFETY: removing the name only; members keep their mappings.
+        unsafe { libc::shm_unlink(c.as_ptr()) };
     }
 }
 
@@ -164,6 +200,7 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) -> (u32, Option<u32>) {
 fn is_generated(name: &[u8]) -> bool {
     // SAFETY: getuid has no preconditions.
     let mut p = StackBuf::<64>::new();
+    // SAFETY: libc calls with no preconditions on plain values.
     let _ = write!(p, "/parbudget-{}-", unsafe { libc::getuid() });
     name.starts_with(p.as_bytes())
 }
@@ -172,6 +209,7 @@ fn new_name() -> StackBuf<1024> {
     let mut n = StackBuf::new();
     // SAFETY: getuid/getpid have no preconditions.
     let (uid, pid) = unsafe { (libc::getuid(), libc::getpid()) };
+    // SAFETY: plain C data; all-zero is a valid value.
     let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
     // SAFETY: fills ts.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
@@ -184,7 +222,8 @@ fn new_name() -> StackBuf<1024> {
 }
 
 /// Removes this user's generated ledgers that no live process uses (their
-/// last member was killed). Only names of our own pattern and uid are touched.
+/// last member was killed, or they were cut to zero bytes). Only names of our
+/// own pattern and uid are touched, and only once their creator is gone.
 fn cleanup_stale() {
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
@@ -203,11 +242,12 @@ fn cleanup_stale() {
         // SAFETY: kill with signal 0 only checks existence.
         let creator_gone = unsafe { libc::kill(pid, 0) } != 0
             && unsafe { *libc::__errno_location() } == libc::ESRCH;
-        if creator_gone && shared::abandoned(format!("/{name}").as_bytes()) {
-            if let Ok(c) = std::ffi::CString::new(format!("/{name}")) {
-                // SAFETY: NUL-terminated name of our own pattern.
-                unsafe { libc::shm_unlink(c.as_ptr()) };
-            }
+        if creator_gone
+            && shared::abandoned(format!("/{name}").as_bytes())
+            && let Ok(c) = std::ffi::CString::new(format!("/{name}"))
+        {
+            // SAFETY: NUL-terminated name of our own pattern.
+            unsafe { libc::shm_unlink(c.as_ptr()) };
         }
     }
 }

@@ -1,10 +1,10 @@
 //! The ledger shared by the processes of one tree, in POSIX shared memory.
 //!
-//! Layout: a header (magic, version, size, budget, a process-shared robust
-//! mutex, the count of threads in use) and one slot per member process (pid,
-//! its start time, the threads it has in regions: callers and extras). Every
-//! change happens under the mutex, so `used == sum(held)` whenever the mutex
-//! is free.
+//! Layout (layout.rs): a header (magic, version, size, budget, a
+//! process-shared robust mutex, the count of threads in use) and one slot per
+//! member process (pid, its start time, the threads it has in regions:
+//! callers and extras). Every change happens under the mutex, so
+//! `used == sum(held)` whenever the mutex is free.
 //!
 //! Dying members. The mutex is robust: if a member dies holding it, the next
 //! locker gets EOWNERDEAD and rebuilds `used` from the slots of live members.
@@ -13,65 +13,111 @@
 //! or a reused pid with another start time) are reclaimed. So a SIGKILL loses
 //! nothing and leaks nothing.
 //!
-//! Trust. The segment is created 0600 with O_EXCL; before use it must be a
-//! regular file owned by us with no group/other bits, of exactly our size,
-//! with our magic and version, and with counts within bounds. Anything else:
-//! the process falls back to a private ledger with a warning.
+//! Trust. The segment is created 0600 with O_EXCL and its pages are reserved
+//! at once (posix_fallocate), so a full tmpfs is a refusal at creation, not a
+//! SIGBUS at the first touch. Before use it must be a regular file (not a
+//! symlink: shm_open will not follow one) owned by us with no group/other
+//! bits, of exactly our size, and its header must pass `layout::check`:
+//! magic, version, size field, budget and source, the mutex's kind, counts
+//! within bounds. Anything else: the process names the defect in one warning
+//! line and falls back to a ledger of its own.
+//!
+//! A ledger that changes under running members: contained, not prevented.
+//! Nothing can stop the file's owner (or root) from truncating, shrinking or
+//! overwriting it: tmpfs files take no seals, and checking its size before
+//! each access is racy. So (guard.rs):
+//! - Truncated or shrunk: touching a vanished page raises SIGBUS. Our handler
+//!   sees the address is inside the ledger, replaces the ledger's pages in
+//!   one step by private zeroed ones (with the lock restored for a holder of
+//!   this process, so its unlock still works and its robust list stays
+//!   whole), flags the ledger lost and returns; the access runs again and
+//!   succeeds. A SIGBUS anywhere else goes to the handler that was there
+//!   before ours, or to the default action.
+//! - Zeroed or overwritten in place (no SIGBUS): the magic is checked at each
+//!   lock and each unlocked read; gone, the pages are replaced the same way.
+//! - Replaced (another file renamed over the name): members keep the old
+//!   file, which still works; processes that start later open the new one
+//!   (and validate it), so the tree is split in two ledgers. Grown: members
+//!   keep going; processes that start later refuse it (wrong size).
+//! - The lock: never slept on. It is taken with trylock and backoff, so no
+//!   thread can be stranded in a futex wait on a vanished page; a lock that
+//!   stays taken for 2 s (a member stopped inside its critical section, a
+//!   corrupted lock word) detaches this process instead of hanging it.
+//!
+//! A member that loses the ledger writes one line, `ledger_lost`, at its next
+//! ledger call (never from the signal handler) and goes on with a ledger of
+//! its own, which already counts the threads it holds (mod.rs keeps that
+//! count for every process), so regions entered before the loss are given
+//! back correctly. Each member decides alone; a name whose ledger was cut to
+//! zero bytes is removed by the next tree that starts, once its creator is
+//! gone (a chosen name is kept, and refused with "wrong size" until removed).
 //!
 //! Joining. The creator exports PARBUDGET_LEDGER=<name>; forked children keep
 //! the mapping, exec'd children open the name. Unrelated processes join by
 //! setting the same PARBUDGET_LEDGER (a name of their choosing, e.g.
 //! `/parbudget-myjob`); the first one creates it.
 
+use super::guard::{self, LEDGER, Loss, PROBE};
+use super::layout::{self, Header, MAGIC, SIZE, SLOTS, Slot, VERSION};
 use crate::process;
 use crate::stackbuf::{Quoted, StackBuf};
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use log::{debug, info, warn};
-
-const MAGIC: u64 = u64::from_le_bytes(*b"PBLEDGR1");
-const VERSION: u32 = 1;
-pub const SLOTS: usize = 512;
-
-#[repr(C)]
-struct Slot {
-    pid: AtomicI32,
-    held: AtomicU32,
-    start_time: AtomicU64,
-}
-
-#[repr(C)]
-struct Header {
-    magic: u64,
-    version: u32,
-    size: u32,
-    budget: u32,
-    source: u32,
-    creator: i32,
-    _pad: u32,
-    lock: UnsafeCell<libc::pthread_mutex_t>,
-    used: AtomicU32,
-    _pad2: AtomicU32,
-    slots: [Slot; SLOTS],
-}
-
-const SIZE: usize = core::mem::size_of::<Header>();
 
 /// The mapped ledger (0 = none) and this process's slot (usize::MAX = none yet).
 static MAP: AtomicUsize = AtomicUsize::new(0);
 static MY_SLOT: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Last reclaim scan (CLOCK_MONOTONIC_COARSE ms), to rate-limit /proc reads.
 static LAST_SCAN_MS: AtomicU64 = AtomicU64::new(0);
+/// The loss was reported (one line per process).
+static LOSS_TOLD: AtomicBool = AtomicBool::new(false);
 
+/// The ledger's name, for the loss line. Written once by `attach` before MAP
+/// is published, read only after.
+struct Name(UnsafeCell<StackBuf<256>>);
+// SAFETY: see above: one write before publication (Release on MAP), reads after.
+unsafe impl Sync for Name {}
+static NAME: Name = Name(UnsafeCell::new(StackBuf::new()));
+
+/// The attached ledger, if it is still ours to use. A header whose magic is
+/// gone (zeroed or overwritten under us) is lost here.
 fn header() -> Option<&'static Header> {
     let p = MAP.load(Acquire);
-    // SAFETY: a non-zero MAP is a validated, never-unmapped mapping of SIZE bytes.
-    (p != 0).then(|| unsafe { &*(p as *const Header) })
+    if p == 0 || guard::is_lost(LEDGER) {
+        return None;
+    }
+    // SAFETY: a non-zero MAP is a validated mapping of SIZE bytes that is
+    // never unmapped (if its file goes, guard.rs puts anonymous pages there).
+    let h = unsafe { &*(p as *const Header) };
+    if !intact(h) {
+        guard::contain(LEDGER, Loss::Changed);
+        return None;
+    }
+    Some(h)
+}
+
+fn intact(h: &Header) -> bool {
+    // SAFETY: reading our mapping (a vanished page is contained by guard.rs).
+    unsafe {
+        core::ptr::read_volatile(&h.magic) == MAGIC
+            && core::ptr::read_volatile(&h.version) == VERSION
+    }
 }
 
 /// The budget stored in the ledger (the tree's budget), if attached.
 pub fn budget() -> Option<(u32, u32)> {
     header().map(|h| (h.budget, h.source))
+}
+
+/// Once, after the ledger was lost: why (for the one warning line).
+pub fn take_loss() -> Option<(Loss, &'static [u8])> {
+    if MAP.load(Acquire) == 0 || !guard::is_lost(LEDGER) || LOSS_TOLD.swap(true, AcqRel) {
+        return None;
+    }
+    // SAFETY: NAME was written before MAP was published and never after.
+    let name = unsafe { (*NAME.0.get()).as_bytes() };
+    Some((guard::loss(LEDGER).unwrap_or(Loss::Changed), name))
 }
 
 std::thread_local! {
@@ -80,44 +126,116 @@ std::thread_local! {
     static HOLDING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
+/// Why the lock was not taken.
+enum NoLock {
+    /// Reentered from a signal handler on the thread that holds it.
+    Reentered,
+    /// The ledger is lost (now or before).
+    Lost,
+}
+
+/// How long the lock may stay taken by others before we give up on the
+/// shared ledger (its holders keep it for microseconds).
+const LOCK_PATIENCE_MS: u64 = 2000;
+
 /// Holds the ledger's mutex; on EOWNERDEAD repairs the books first.
-struct Locked(&'static Header);
+struct Locked {
+    h: &'static Header,
+    links: guard::Links,
+}
 
 impl Locked {
-    fn new(h: &'static Header) -> Option<Locked> {
+    fn new(h: &'static Header) -> Result<Locked, NoLock> {
         if HOLDING.with(|f| f.get()) {
-            return None; // reentered from a signal handler on this thread
+            return Err(NoLock::Reentered);
         }
-        let l = Self::lock(h)?;
-        HOLDING.with(|f| f.set(true));
-        Some(l)
+        let links = guard::links_before_lock();
+        let mut tries: u32 = 0;
+        let mut since: u64 = 0;
+        loop {
+            if guard::is_lost(LEDGER) {
+                return Err(NoLock::Lost);
+            }
+            // Never a blocking lock: a thread asleep in the kernel on a page
+            // that vanishes would never wake (see guard.rs).
+            // SAFETY: the mutex lives in the validated mapping and was
+            // initialised process-shared and robust by the creator.
+            let r = unsafe { libc::pthread_mutex_trylock(h.lock.get()) };
+            match r {
+                0 | libc::EOWNERDEAD => return Self::taken(h, links, r),
+                libc::EBUSY => {}
+                _ => {
+                    guard::detach(LEDGER, Loss::LockError);
+                    return Err(NoLock::Lost);
+                }
+            }
+            tries += 1;
+            if tries < 64 {
+                core::hint::spin_loop();
+            } else if tries < 128 {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            } else {
+                let now = now_ms();
+                if since == 0 {
+                    since = now.max(1);
+                } else if now.saturating_sub(since) > LOCK_PATIENCE_MS {
+                    guard::detach(LEDGER, Loss::LockTimeout);
+                    return Err(NoLock::Lost);
+                }
+                // 50 us, by the raw syscall: not a cancellation point.
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000,
+                };
+                // SAFETY: a plain relative sleep.
+                unsafe { libc::syscall(libc::SYS_nanosleep, &ts as *const libc::timespec, 0usize) };
+            }
+        }
     }
 
-    fn lock(h: &'static Header) -> Option<Locked> {
-        // SAFETY: the mutex lives in the validated mapping and was initialised
-        // process-shared and robust by the creator.
-        let r = unsafe { libc::pthread_mutex_lock(h.lock.get()) };
-        match r {
-            0 => Some(Locked(h)),
-            libc::EOWNERDEAD => {
-                // A member died inside its critical section: its slot may be
-                // half-updated. Dead members' slots go; free is recomputed.
+    fn taken(h: &'static Header, links: guard::Links, r: i32) -> Result<Locked, NoLock> {
+        HOLDING.with(|f| f.set(true));
+        guard::acquired(links);
+        let l = Locked { h, links };
+        if r == libc::EOWNERDEAD {
+            // A member died inside its critical section: its slot may be
+            // half-updated. Dead members' slots go; free is recomputed. Done
+            // even if this process just gave up on the ledger (the others
+            // still use it: the lock must not be left unrecoverable).
+            let repair = intact(h);
+            if repair {
                 reclaim_dead(h, true);
-                // SAFETY: we own the mutex; the state is consistent again.
-                unsafe { libc::pthread_mutex_consistent(h.lock.get()) };
-                warn!("ledger_repaired reason=\"a member died holding the ledger lock\"");
-                Some(Locked(h))
             }
-            _ => None,
+            // SAFETY: we own the mutex; the state is consistent again.
+            unsafe { libc::pthread_mutex_consistent(h.lock.get()) };
+            if repair && !guard::is_lost(LEDGER) {
+                warn!("ledger_repaired reason=\"a member died holding the ledger lock\"");
+            }
         }
+        if !intact(h) {
+            guard::contain(LEDGER, Loss::Changed);
+        }
+        if guard::is_lost(LEDGER) {
+            drop(l);
+            return Err(NoLock::Lost);
+        }
+        Ok(l)
     }
 }
 
 impl Drop for Locked {
     fn drop(&mut self) {
-        HOLDING.with(|f| f.set(false));
+        if !intact(self.h) {
+            guard::contain(LEDGER, Loss::Changed);
+        }
+        // If the pages were replaced while we held the lock, they hold it
+        // again as we do, so this is an ordinary robust unlock.
+        guard::before_unlock(self.links);
         // SAFETY: we hold the mutex.
-        unsafe { libc::pthread_mutex_unlock(self.0.lock.get()) };
+        unsafe { libc::pthread_mutex_unlock(self.h.lock.get()) };
+        guard::released();
+        HOLDING.with(|f| f.set(false));
     }
 }
 
@@ -152,6 +270,7 @@ fn reclaim_dead(h: &Header, rebuild: bool) {
 }
 
 fn now_ms() -> u64 {
+    // SAFETY: plain C data; all-zero is a valid value.
     let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
     // SAFETY: fills ts.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
@@ -203,12 +322,12 @@ fn my_slot(h: &Header) -> Option<&Slot> {
 
 /// A caller of this process enters a region wanting `want` extras (at least
 /// `need` of them): counts it and grants what fits, or what it needs. `None`
-/// if the shared ledger is not in use.
+/// if the shared ledger is not in use (or was lost).
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::local::Entered> {
     let me = u32::from(count_caller);
     let h = header()?;
-    let l = Locked::new(h)?;
-    let Some(slot) = my_slot(l.0) else {
+    let l = Locked::new(h).ok()?;
+    let Some(slot) = my_slot(l.h) else {
         // No free slot: run teams of one rather than overspend, unless a
         // team was promised (then it is kept, uncounted).
         return Some(super::local::Entered {
@@ -236,14 +355,19 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<super::local::E
 }
 
 /// The region entered with `extras` ended. Never gives back more than this
-/// process holds: a forked child ending a region its parent entered is a no-op.
+/// process holds: a forked child ending a region its parent entered is a
+/// no-op. False when the shared ledger is not in use (or was lost).
 pub fn leave(extras: u32, count_caller: bool) -> bool {
     let n = extras + u32::from(count_caller);
     let Some(h) = header() else { return false };
-    let Some(l) = Locked::new(h) else { return true };
+    let l = match Locked::new(h) {
+        Ok(l) => l,
+        Err(NoLock::Reentered) => return true,
+        Err(NoLock::Lost) => return false,
+    };
     let i = MY_SLOT.load(Relaxed);
-    if i < SLOTS && l.0.slots[i].pid.load(Relaxed) == process::pid() {
-        let s = &l.0.slots[i];
+    if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == process::pid() {
+        let s = &l.h.slots[i];
         let d = s.held.load(Relaxed).min(n);
         s.held.store(s.held.load(Relaxed) - d, Relaxed);
         h.used
@@ -255,24 +379,24 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
 /// At exit: give back everything and free the slot. Returns true when no
 /// live member remains (the name may then be removed). A process that never
 /// took a slot (a forked child that ran no region) has nothing to do: that
-/// keeps fork+_exit cheap.
+/// keeps fork+_exit cheap. A lost ledger is left alone.
 pub fn leave_tree() -> bool {
     let Some(h) = header() else { return false };
     let i = MY_SLOT.swap(usize::MAX, Relaxed);
     if i >= SLOTS {
         return false;
     }
-    let Some(l) = Locked::new(h) else {
+    let Ok(l) = Locked::new(h) else {
         return false;
     };
-    let s = &l.0.slots[i];
+    let s = &l.h.slots[i];
     if s.pid.load(Relaxed) == process::pid() {
         let held = s.held.swap(0, Relaxed);
         h.used
             .store(h.used.load(Relaxed).saturating_sub(held), Relaxed);
         s.pid.store(0, Relaxed);
     }
-    no_live_member(l.0)
+    no_live_member(l.h) && !guard::is_lost(LEDGER)
 }
 
 /// True when every slot is free or belongs to a dead process.
@@ -283,9 +407,10 @@ fn no_live_member(h: &Header) -> bool {
     })
 }
 
-/// In a forked child (atfork handler): the child has no slot yet. Flag only.
+/// In a forked child (atfork handler): the child has no slot yet. Flags only.
 pub fn forget_slot_in_child() {
     MY_SLOT.store(usize::MAX, Relaxed);
+    guard::reset_in_child();
 }
 
 /// Free threads for a query that wants `want` of them: when short, dead
@@ -302,8 +427,10 @@ pub fn free_for(want: u32) -> Option<u32> {
     if last != 0 && now.saturating_sub(last) < 50 {
         return Some(free);
     }
-    let Some(_l) = Locked::new(h) else {
-        return Some(free);
+    let _l = match Locked::new(h) {
+        Ok(l) => l,
+        Err(NoLock::Reentered) => return Some(free),
+        Err(NoLock::Lost) => return None,
     };
     LAST_SCAN_MS.store(now.max(1), Relaxed);
     reclaim_dead(h, false);
@@ -320,25 +447,37 @@ pub fn audit() -> Option<super::Audit> {
     } else {
         0
     };
-    Some(super::Audit {
+    let a = super::Audit {
         shared: true,
         budget: h.budget,
         used: h.used.load(Relaxed),
         members: h.slots.iter().filter(|s| s.pid.load(Relaxed) != 0).count() as u32,
         held_here,
-    })
+    };
+    // Read from pages that vanished meanwhile: not the tree's numbers.
+    (!guard::is_lost(LEDGER)).then_some(a)
 }
 
 pub fn free_now() -> Option<u32> {
     header().map(|h| h.budget.saturating_sub(h.used.load(Relaxed)))
 }
 
-/// Why the shared ledger could not be used.
+/// Why the shared ledger could not be used. Each names one defect.
 pub enum Refused {
     Open(i32),
-    NotPrivate,
+    /// The name is a symbolic link (shm_open refuses to follow it).
+    Symlink,
+    /// Not ours to open (another user's file, without root).
+    Denied,
+    /// tmpfs has no room for the ledger's pages.
+    NoSpace(i32),
+    /// The pages could not be reserved for another reason.
+    Reserve(i32),
+    NotRegular(u32),
+    OtherOwner(u32, u32),
+    OpenMode(u32),
     WrongSize(i64),
-    BadHeader,
+    Invalid(layout::Invalid),
     NoProc,
 }
 
@@ -346,16 +485,50 @@ impl core::fmt::Display for Refused {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Refused::Open(e) => write!(f, "cannot open or create it (errno {e})"),
-            Refused::NotPrivate => {
-                f.write_str("not a regular file owned by this user with mode 0600")
+            Refused::Symlink => f.write_str("it is a symbolic link, which is never followed"),
+            Refused::Denied => f.write_str(
+                "permission denied (errno 13): another user's file, or not writable by this user",
+            ),
+            Refused::NoSpace(e) => write!(
+                f,
+                "no space to reserve its {SIZE} bytes: /dev/shm is full (errno {e}); give it more room (docker run --shm-size)"
+            ),
+            Refused::Reserve(e) => write!(f, "cannot reserve its {SIZE} bytes (errno {e})"),
+            Refused::NotRegular(m) => {
+                write!(f, "not a regular file (file type {:#o})", m & 0o170000)
             }
-            Refused::WrongSize(s) => write!(f, "wrong size {s}"),
-            Refused::BadHeader => f.write_str("bad magic, version or counts"),
+            Refused::OtherOwner(uid, me) => {
+                write!(f, "owned by uid {uid}, not by this user (uid {me})")
+            }
+            Refused::OpenMode(m) => write!(
+                f,
+                "mode {:04o}, not mode 0600: group or other permission bits are set",
+                m & 0o7777
+            ),
+            Refused::WrongSize(s) => write!(f, "wrong size {s}, expected {SIZE}"),
+            Refused::Invalid(i) => write!(f, "{i}"),
             Refused::NoProc => f.write_str(
                 "/proc/self/stat is unreadable, so dead members could not be told from live ones",
             ),
         }
     }
+}
+
+fn errno() -> i32 {
+    // SAFETY: errno of this thread.
+    unsafe { *libc::__errno_location() }
+}
+
+/// True while a file whose status changed at `st` may still be being sized
+/// by its creator (created and sized microseconds apart).
+fn recent(st: &libc::stat) -> bool {
+    // SAFETY: plain C data; all-zero is a valid value.
+    let mut now: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: fills now.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) };
+    let age = (now.tv_sec - st.st_ctime) as i128 * 1_000_000_000
+        + (now.tv_nsec - st.st_ctime_nsec) as i128;
+    age < 2_000_000_000
 }
 
 /// Opens (or creates, with a budget of `cores`) the ledger `name`. Returns the
@@ -367,6 +540,8 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
     if process::my_start_time() == 0 {
         return Err(Refused::NoProc);
     }
+    // Before anything is mapped: a fault on the ledger must find our handler.
+    guard::install();
     // SAFETY: shm_open with a NUL-terminated name; O_EXCL so we know if we created it.
     let mut fd = unsafe {
         libc::shm_open(
@@ -381,25 +556,35 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
         fd = unsafe { libc::shm_open(cname.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC, 0) };
     }
     if fd < 0 {
-        // SAFETY: errno of this thread.
-        return Err(Refused::Open(unsafe { *libc::__errno_location() }));
+        return Err(match errno() {
+            // glibc opens with O_NOFOLLOW.
+            libc::ELOOP => Refused::Symlink,
+            libc::ENOSPC => Refused::NoSpace(libc::ENOSPC),
+            libc::EACCES => Refused::Denied,
+            e => Refused::Open(e),
+        });
     }
     let result = (|| {
         if created {
-            // SAFETY: sizing our new segment.
-            if unsafe { libc::ftruncate(fd, SIZE as libc::off_t) } != 0 {
-                return Err(Refused::WrongSize(0));
+            // Reserve every page now: on a full tmpfs this fails here, where
+            // we can fall back, instead of raising SIGBUS at the first touch.
+            // SAFETY: sizing and allocating our new segment.
+            match unsafe { libc::posix_fallocate(fd, 0, SIZE as libc::off_t) } {
+                0 => {}
+                libc::ENOSPC => return Err(Refused::NoSpace(libc::ENOSPC)),
+                e => return Err(Refused::Reserve(e)),
             }
         }
+        // SAFETY: plain C data; all-zero is a valid value.
         let mut st: libc::stat = unsafe { core::mem::zeroed() };
         // A joiner may open the name between the creator's create and its
-        // ftruncate: give the creator up to 200 ms to size it.
+        // sizing: give a creator that is at it up to 200 ms.
         for _ in 0..200 {
             // SAFETY: fstat fills st.
             if unsafe { libc::fstat(fd, &mut st) } != 0 {
-                return Err(Refused::NotPrivate);
+                return Err(Refused::Open(errno()));
             }
-            if created || st.st_size != 0 {
+            if created || st.st_size != 0 || !recent(&st) {
                 break;
             }
             // SAFETY: plain sleep.
@@ -407,12 +592,28 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
         }
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_uid != me || st.st_mode & 0o077 != 0
-        {
-            return Err(Refused::NotPrivate);
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(Refused::NotRegular(st.st_mode));
+        }
+        if st.st_uid != me {
+            return Err(Refused::OtherOwner(st.st_uid, me));
+        }
+        if st.st_mode & 0o077 != 0 {
+            return Err(Refused::OpenMode(st.st_mode));
         }
         if st.st_size as usize != SIZE {
             return Err(Refused::WrongSize(st.st_size));
+        }
+        if !created {
+            // Make sure its pages exist (a creator of another version may
+            // have left them sparse); never changes the size.
+            // SAFETY: fallocate on our descriptor.
+            if unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 0, SIZE as libc::off_t) }
+                != 0
+                && errno() == libc::ENOSPC
+            {
+                return Err(Refused::NoSpace(libc::ENOSPC));
+            }
         }
         // SAFETY: mapping exactly SIZE bytes of a file we just checked is SIZE long.
         let p = unsafe {
@@ -426,8 +627,16 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(Refused::Open(unsafe { *libc::__errno_location() }));
+            return Err(Refused::Open(errno()));
         }
+        // Guarded from the first touch on.
+        guard::guard(LEDGER, p as usize, SIZE);
+        let refuse = |why: Refused| {
+            guard::unguard(LEDGER);
+            // SAFETY: unmapping what we mapped (or the pages guard.rs put there).
+            unsafe { libc::munmap(p, SIZE) };
+            Err(why)
+        };
         let h = p as *mut Header;
         if created {
             // SAFETY: a fresh zeroed mapping that only we know about yet: it is
@@ -449,38 +658,32 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
             }
         } else {
             // Another process may be creating it this instant: wait briefly for the magic.
-            let mut ok = false;
             for _ in 0..200 {
                 // SAFETY: reading the mapped header.
                 if unsafe { core::ptr::read_volatile(&(*h).magic) } == MAGIC {
-                    ok = true;
                     break;
                 }
                 // SAFETY: plain sleep.
                 unsafe { libc::usleep(1000) };
             }
-            // SAFETY: reading the mapped header for validation.
-            let hr = unsafe { &*h };
-            // `used` may exceed the budget (callers always run), but not by
-            // more than every slot's share of a sane process.
-            if !ok
-                || hr.version != VERSION
-                || hr.size as usize != SIZE
-                || hr.budget == 0
-                || hr.budget > crate::budget::MAX_CORES
-                || hr.used.load(Relaxed) > (SLOTS as u32) * 4096
-            {
-                // SAFETY: unmapping what we mapped.
-                unsafe { libc::munmap(p, SIZE) };
-                return Err(Refused::BadHeader);
-            }
         }
+        // SAFETY: SIZE readable bytes (pages that vanish meanwhile are
+        // replaced by zeroed ones, which fail the check).
+        let img = unsafe { core::slice::from_raw_parts(p as *const u8, SIZE) };
+        if let Err(e) = layout::check(img, guard::lock_kind()) {
+            return refuse(Refused::Invalid(e));
+        }
+        if guard::is_lost(LEDGER) {
+            return refuse(Refused::Invalid(layout::Invalid::Empty));
+        }
+        // SAFETY: written once, before MAP is published.
+        unsafe { (*NAME.0.get()).push_bytes(name) };
         MAP.store(p as usize, Release);
         // Take our slot now, not at the first region: a member is visible to
         // the others (and keeps the name alive) for as long as it lives.
         // SAFETY: validated above; `header()` now returns it.
-        if let Some(l) = Locked::new(unsafe { &*h }) {
-            let _ = my_slot(l.0);
+        if let Ok(l) = Locked::new(unsafe { &*h }) {
+            let _ = my_slot(l.h);
         }
         // SAFETY: validated above.
         Ok(unsafe { (*h).budget })
@@ -508,7 +711,9 @@ pub fn attach(name: &[u8], cores: u32, source: u32) -> Result<u32, Refused> {
 }
 
 /// For stale-name cleanup: maps the ledger `name` read-only and says whether
-/// no live member remains. Refuses (false) anything that does not validate.
+/// no live member remains. A ledger cut to zero bytes is abandoned too (its
+/// creator is gone: the caller checked). Refuses (false) anything else that
+/// does not validate.
 pub fn abandoned(name: &[u8]) -> bool {
     let mut n = StackBuf::<256>::new();
     n.push_bytes(name);
@@ -518,13 +723,15 @@ pub fn abandoned(name: &[u8]) -> bool {
     if fd < 0 {
         return false;
     }
+    // SAFETY: plain C data; all-zero is a valid value.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
     // SAFETY: fstat fills st; getuid has no preconditions.
-    let ok = unsafe { libc::fstat(fd, &mut st) } == 0
-        && st.st_uid == unsafe { libc::getuid() }
-        && st.st_size as usize == SIZE;
-    let mut empty = false;
-    if ok {
+    let ours = unsafe { libc::fstat(fd, &mut st) } == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_uid == unsafe { libc::getuid() };
+    let mut empty = ours && st.st_size == 0;
+    if ours && st.st_size as usize == SIZE {
+        guard::install();
         // SAFETY: read-only mapping of a file of exactly SIZE bytes.
         let p = unsafe {
             libc::mmap(
@@ -537,9 +744,14 @@ pub fn abandoned(name: &[u8]) -> bool {
             )
         };
         if p != libc::MAP_FAILED {
-            // SAFETY: reading the mapped header.
+            guard::guard(PROBE, p as usize, SIZE);
+            // SAFETY: reading the mapped header (a page that vanishes is
+            // replaced by a zeroed one: no magic, not abandoned).
             let h = unsafe { &*(p as *const Header) };
-            empty = h.magic == MAGIC && no_live_member(h);
+            // SAFETY: `p` is our validated mapping of the header; reads of it are guarded (see guard).
+            empty = unsafe { core::ptr::read_volatile(&h.magic) } == MAGIC && no_live_member(h);
+            empty &= !guard::is_lost(PROBE);
+            guard::unguard(PROBE);
             // SAFETY: unmapping what we mapped.
             unsafe { libc::munmap(p, SIZE) };
         }
@@ -552,10 +764,77 @@ pub fn abandoned(name: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
 
+    /// The one test of this binary that attaches (MAP is per process): the
+    /// ledger truncated while thread A holds its lock and thread B waits for
+    /// it. A's access faults and is contained, A's unlock is an ordinary
+    /// robust unlock (its robust list is empty again after it), B gives up
+    /// on the lost ledger at once, and the loss is told once.
     #[test]
-    fn header_fits_u32_size() {
-        assert!(SIZE < u32::MAX as usize);
-        assert!(SIZE > SLOTS * 16);
+    fn truncation_under_a_held_lock_is_contained() {
+        let name = format!("/parbudget-unit-{}", std::process::id());
+        let file = format!("/dev/shm{name}");
+        struct Remove(String);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _ = std::fs::remove_file(&file);
+        let _cleanup = Remove(file.clone());
+        process::remember_pid();
+        let tree = attach(name.as_bytes(), 4, 1).unwrap_or_else(|e| panic!("attach: {e}"));
+        assert_eq!(tree, 4);
+        assert!(std::fs::metadata(&file).unwrap().len() as usize == SIZE);
+        assert!(enter(1, 0, true).is_some(), "shared ledger in use");
+        assert!(leave(1, true));
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let a = std::thread::spawn(move || {
+            let before = guard::links_before_lock();
+            let l = Locked::new(header().unwrap()).ok().unwrap();
+            ready_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+            // The page under `used` is gone: SIGBUS, contained, reads 0.
+            let used = l.h.used.load(Relaxed);
+            drop(l);
+            let after = guard::links_before_lock();
+            (used, before.pre_is_empty(), after.pre_is_empty())
+        });
+        ready_rx.recv().unwrap();
+        let b = std::thread::spawn(|| {
+            let t = Instant::now();
+            let got = enter(1, 0, true);
+            (got.is_none(), t.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        go_tx.send(()).unwrap();
+        let (used, empty_before, empty_after) = a.join().unwrap();
+        assert_eq!(used, 0, "the replaced pages read as zero");
+        assert!(empty_before, "the test thread held no robust lock before");
+        assert!(
+            empty_after || !cfg!(target_env = "gnu"),
+            "the holder's robust list is whole: glibc unlinked the ledger's entry"
+        );
+        let (lost, waited) = b.join().unwrap();
+        assert!(lost, "the waiter falls back");
+        assert!(waited < Duration::from_secs(1), "{waited:?}");
+        assert!(guard::is_lost(LEDGER));
+        assert_eq!(guard::loss(LEDGER), Some(Loss::Sigbus));
+        assert!(header().is_none() && audit().is_none() && free_now().is_none());
+        let told = take_loss().map(|(w, n)| (w, n.to_vec()));
+        assert_eq!(told, Some((Loss::Sigbus, name.as_bytes().to_vec())));
+        assert!(take_loss().is_none(), "told once");
+        assert!(!leave_tree(), "a lost ledger's name is left alone");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0);
     }
 }

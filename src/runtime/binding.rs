@@ -241,11 +241,12 @@ pub unsafe fn lookup_in(obj: &Object, name: &[u8]) -> usize {
             let hash = name.iter().fold(5381u32, |h, c| {
                 h.wrapping_mul(33).wrapping_add(u32::from(*c))
             });
-            let mut i = *buckets.add(hash as usize % nbuckets) as usize;
-            if i < symoffset {
+            let first = *buckets.add(hash as usize % nbuckets) as usize;
+            if first < symoffset {
                 return 0;
             }
-            for _ in 0..1 << 20 {
+            // A chain ends at the entry whose low bit is set (bounded anyway).
+            for i in first..first + (1 << 20) {
                 let h2 = *chains.add(i - symoffset);
                 if (h2 | 1) == (hash | 1) {
                     let p = matches(i);
@@ -256,7 +257,6 @@ pub unsafe fn lookup_in(obj: &Object, name: &[u8]) -> usize {
                 if h2 & 1 != 0 {
                     break;
                 }
-                i += 1;
             }
         }
         return 0;
@@ -299,7 +299,7 @@ pub fn bound_definition(obj: &Object, name: &[u8], ours: usize) -> usize {
             }
         })
     };
-    seen[..n].sort_by(|a, b| b.1.cmp(&a.1));
+    seen[..n].sort_by_key(|s| core::cmp::Reverse(s.1));
     for (o, _) in &seen[..n] {
         // SAFETY: an object the caller is bound into stays loaded with it.
         let p = unsafe { lookup_in(o, name) };
