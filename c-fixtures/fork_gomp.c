@@ -1,4 +1,4 @@
-/* Fork after OpenMP: the variants of FIELD-NOTES section 1.
+/* Fork after OpenMP: the measured variants of the hazard (see the modes).
  * usage: fork_gomp MODE   (see the switch below)
  * The parent waits for the child up to FORK_WAIT seconds (default 8); a child
  * still running then is killed and reported as child_hung=1. */

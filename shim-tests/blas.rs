@@ -1,4 +1,4 @@
-//! Issue 6: BLAS calls sized from the same ledger as OpenMP regions. These
+//! BLAS calls sized from the same ledger as OpenMP regions. These
 //! tests judge correctness and team sizes; speed claims live in scripts/bench.
 
 use crate::support::*;

@@ -1,4 +1,4 @@
-//! Issue 2: one budget that every runtime obeys, and bad input never fatal.
+//! One budget that every runtime obeys, and bad input never fatal.
 
 use crate::support::*;
 

@@ -1,4 +1,4 @@
-//! Issue 8: the `parbudget` command; its clap command line (bad usage is one
+//! The `parbudget` command; its clap command line (bad usage is one
 //! line and exit 2), the shim lookup, run and doctor.
 //!
 //! By default these test the launcher `cargo build --release` made, beside

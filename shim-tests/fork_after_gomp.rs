@@ -1,5 +1,8 @@
-//! Issue 4: fork after GNU OpenMP is warned at fork time and the child lives.
-//! Each variant of FIELD-NOTES section 1 is a mode of c-fixtures/fork_gomp.c.
+//! Fork after GNU OpenMP: the child lives, at full speed where the pool can be
+//! freed first. Each measured variant of the hazard (default region, clause,
+//! dynamic loop, sections, a 1-thread region first, new threads, helper
+//! threads, grandchildren, exec, fork inside a region) is a mode of
+//! c-fixtures/fork_gomp.c.
 
 use crate::support::*;
 

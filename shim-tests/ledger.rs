@@ -1,4 +1,4 @@
-//! Issue 5: one ledger, teams sized at every region, across threads and
+//! One ledger, teams sized at every region, across threads and
 //! processes of one tree.
 
 use crate::support::*;

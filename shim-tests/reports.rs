@@ -1,4 +1,4 @@
-//! Issue 3: every thread accounted for, reports, conflict warnings.
+//! Every thread accounted for, reports, conflict warnings.
 
 use crate::support::*;
 use std::time::{Duration, Instant};

@@ -72,7 +72,7 @@ pub fn clamp_value(
 /// OMP_NUM_THREADS=1 oracle with the default spin, 1.12x with
 /// GOMP_SPINCOUNT=1000, 1.10x with passive waiting; one right-sized process
 /// ran 0.42 s either way with spin 1000, while passive waiting costs it 1.9x
-/// to 4.6x (FIELD-NOTES).
+/// to 4.6x.
 ///
 /// OpenBLAS spins 2^28 cycles (OPENBLAS_THREAD_TIMEOUT=28). In the
 /// CPU-waiting loop (numpy matmul, then 21 libgomp regions, x100; medians of

@@ -26,9 +26,6 @@ pub struct Settings {
     pub fork: ForkPolicy,
     pub report: Option<Vec<u8>>,
     pub report_signal: Option<libc::c_int>,
-    /// Kept for the report and for later decisions by scope.
-    #[allow(dead_code)]
-    pub scope: ledger::Scope,
 }
 
 thread_local! {
@@ -80,7 +77,6 @@ fn fallback_settings() -> Settings {
         fork: ForkPolicy::Fresh,
         report: None,
         report_signal: None,
-        scope: ledger::Scope::Process,
     }
 }
 
@@ -191,6 +187,5 @@ fn read_settings() -> Settings {
         fork,
         report,
         report_signal,
-        scope,
     }
 }

@@ -1,4 +1,4 @@
-"""The CPU-waiting loop (OpenBLAS issue 3187): 100 times, a numpy matmul on
+"""The CPU-waiting loop (OpenBLAS spinning against GNU OpenMP): 100 times, a numpy matmul on
 OpenBLAS, then 21 short GNU OpenMP regions through ctypes. Prints seconds."""
 import ctypes
 import sys

@@ -1,6 +1,6 @@
 //! Fork after GNU OpenMP.
 //!
-//! The hazard (measured, see FIELD-NOTES section 1): a thread that was master
+//! The hazard (measured with libgomp 12): a thread that was master
 //! of a libgomp team with live workers keeps a pool whose workers do not exist
 //! in a forked child; the child's next region on that thread waits for them
 //! forever. It belongs to the thread and to the libgomp copy, and only the
