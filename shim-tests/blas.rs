@@ -187,9 +187,12 @@ fn mkl_setter_is_clamped_and_its_openmp_regions_share_the_ledger() {
     // shows that its kernels adapt to a smaller team: each region gets what
     // it asked for (the clamped budget), and what that costs the ledger is
     // counted, not refused.
+    // (Whether the four callers' regions overlap, and so go over the
+    // budget, is up to timing; the nested-regions test counts over_budget
+    // deterministically.)
     let iomp = runtimes_of(&reps[0], "libiomp")[0].clone();
     assert_eq!(iomp["mean_team"], 2.0, "{}", reps[0]);
-    assert!(iomp["over_budget"].as_u64().unwrap() >= 1, "{}", reps[0]);
+    assert_eq!(reps[0]["ledger"]["used"], 0, "{}", reps[0]);
 }
 
 #[test]
