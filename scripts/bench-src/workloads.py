@@ -12,6 +12,21 @@ per process).
                                  parent never imports numpy, so workers load it fresh
   cpu_wait     ITERS LIB          ITERS times: numpy U @ V.T (OpenBLAS), then
                                  21 short libgomp regions through ctypes fix_regions
+  xgb_threads  ROWS ROUNDS NTHREAD
+                                 4 threads at once, each trains xgboost (hist, ROWS x 20,
+                                 ROUNDS rounds; NTHREAD 0 = xgboost's default, all cores)
+                                 on its own data and predicts; checksum of all predictions
+  hgb_threads  ROWS ITERS        4 threads at once, each fits scikit-learn's
+                                 HistGradientBoostingRegressor (ROWS x 10, ITERS iterations)
+                                 and predicts; checksum of all predictions
+  fork_pool    METHOD TASKS REGIONS LEN LIB
+                                 the main thread runs 2-thread libgomp regions (ctypes
+                                 fix_team(2) + fix_regions), then multiprocessing Pool(2)
+                                 with start method METHOD runs TASKS tasks of
+                                 fix_regions(REGIONS, LEN); prints each task's own time
+                                 (task_ms_median), the workers' mean team, and child_hung=1
+                                 when the pool did not finish within FORK_WAIT s;
+                                 BENCH_START_METHOD overrides METHOD
 """
 import os
 import sys
@@ -81,6 +96,138 @@ def cpu_wait(iters, lib_path):
     print("iters=%d\nmean_team=%.3f\nchecksum=%.3f" % (iters, teams / (21.0 * iters), float(w[0, 0])))
 
 
+def _checksum(preds):
+    # repr of a float sum in a fixed order: equal strings = bit-identical predictions
+    # (summed per thread in task order, then across tasks in task order)
+    total = 0.0
+    for p in preds:
+        total += float(p.astype("float64").sum())
+    return repr(total)
+
+
+def _in_threads(fn, n):
+    """Runs fn(0..n-1) on n threads started together; returns (results in
+    order, seconds from the start barrier to the last thread's end)."""
+    import threading
+    import time
+    out, errs = [None] * n, []
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        try:
+            barrier.wait()
+            with _limits():
+                out[i] = fn(i)
+        except BaseException as e:  # noqa: BLE001 - reported below, fails the run
+            errs.append(e)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    work = time.perf_counter() - t0
+    if errs:
+        raise errs[0]
+    return out, work
+
+
+def _regression_data(seed, rows, cols):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, cols))
+    w = rng.standard_normal(cols)
+    y = x @ w + np.sin(3 * x[:, 0]) * x[:, 1] + 0.1 * rng.standard_normal(rows)
+    return x, y
+
+
+def xgb_threads(rows, rounds, nthread):
+    import xgboost as xgb
+    params = {"tree_method": "hist", "max_depth": 6, "eta": 0.3, "seed": 0}
+    if nthread > 0:
+        params["nthread"] = nthread
+
+    def one(i):
+        x, y = _regression_data(100 + i, rows, 20)
+        d = xgb.DMatrix(x, label=y, nthread=nthread if nthread > 0 else None)
+        booster = xgb.train(params, d, num_boost_round=rounds)
+        return booster.predict(d)
+
+    preds, work = _in_threads(one, WORKERS)
+    print("threads=%d\nrounds=%d\nwork_s=%.4f\nchecksum=%s" % (WORKERS, rounds, work, _checksum(preds)))
+
+
+def hgb_threads(rows, iters):
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    def one(i):
+        x, y = _regression_data(200 + i, rows, 10)
+        m = HistGradientBoostingRegressor(max_iter=iters, early_stopping=False, random_state=0)
+        m.fit(x, y)
+        return m.predict(x)
+
+    preds, work = _in_threads(one, WORKERS)
+    print("threads=%d\niters=%d\nwork_s=%.4f\nchecksum=%s" % (WORKERS, iters, work, _checksum(preds)))
+
+
+_LIB = None
+
+
+def _lib(path):
+    global _LIB
+    if _LIB is None:
+        import ctypes
+        _LIB = ctypes.CDLL(path)
+        _LIB.fix_regions.restype = ctypes.c_long
+        _LIB.fix_regions.argtypes = [ctypes.c_int, ctypes.c_int]
+        _LIB.fix_team.restype = ctypes.c_int
+        _LIB.fix_team.argtypes = [ctypes.c_int]
+    return _LIB
+
+
+def _pool_task(args):
+    import time
+    regions, length, path = args
+    lib = _lib(path)
+    t0 = time.perf_counter()
+    teams = lib.fix_regions(regions, length)
+    return time.perf_counter() - t0, teams / float(regions), os.getpid()
+
+
+def fork_pool(method, tasks, regions, length, path):
+    import multiprocessing as mp
+    import time
+    method = os.environ.get("BENCH_START_METHOD", method)
+    lib = _lib(path)
+    parent_team = lib.fix_team(2)  # this thread is now master of a 2-thread libgomp team
+    lib.fix_regions(regions, length)
+    print("start_method=%s\nparent_team=%d" % (method, parent_team), flush=True)
+    limit = float(os.environ.get("FORK_WAIT", "8"))
+    ctx = mp.get_context(method)
+    t0 = time.perf_counter()
+    pool = ctx.Pool(2)
+    try:
+        res = pool.map_async(_pool_task, [(regions, length, path)] * tasks, chunksize=1)
+        out = res.get(timeout=limit)
+    except mp.TimeoutError:
+        # hung workers: kill them and leave (Pool.terminate can itself take
+        # seconds here, and the pool's threads would keep the process alive)
+        print("child_hung=1", flush=True)
+        for p in pool._pool:
+            p.kill()
+        os._exit(0)
+    pool.close()
+    pool.join()
+    wall = time.perf_counter() - t0
+    times = sorted(t for t, _, _ in out)
+    med = times[len(times) // 2] if len(times) % 2 else (times[len(times) // 2 - 1] + times[len(times) // 2]) / 2
+    print("child_hung=0\ntasks=%d\nworkers=%d\npool_s=%.4f\ntask_ms_median=%.3f\ntask_ms_mean=%.3f"
+          % (len(out), len(set(p for _, _, p in out)), wall, med * 1e3, sum(times) / len(times) * 1e3))
+    print("mean_team=%.3f" % (sum(t for _, t, _ in out) / len(out)))
+    print("parent_after_team=%d" % lib.fix_team(2))
+
+
 if __name__ == "__main__":
     name, args = sys.argv[1], sys.argv[2:]
     if name == "blas_threads":
@@ -89,5 +236,11 @@ if __name__ == "__main__":
         blas_procs(*map(int, args))
     elif name == "cpu_wait":
         cpu_wait(int(args[0]), args[1])
+    elif name == "xgb_threads":
+        xgb_threads(*map(int, args))
+    elif name == "hgb_threads":
+        hgb_threads(*map(int, args))
+    elif name == "fork_pool":
+        fork_pool(args[0], *map(int, args[1:4]), args[4])
     else:
         sys.exit("unknown workload " + name)
