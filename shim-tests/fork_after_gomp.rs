@@ -243,6 +243,31 @@ fn a_child_that_execs_starts_clean() {
 }
 
 #[test]
+fn intel_libiomp5_forks_silently_and_keeps_its_team() {
+    // libiomp5 resets itself in its own atfork handlers: nothing to free.
+    let dir = tempdir("fork-iomp");
+    let r = cmd(&fixture("fork_gomp_iomp"), &["both"])
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .report_into(&dir)
+        .timeout(40)
+        .run();
+    r.ok();
+    assert_eq!(r.int("child_hung"), 0);
+    assert_eq!(r.int("child_team"), 2);
+    assert_eq!(r.int("child_clause_team"), 2);
+    assert_eq!(r.int("child_sum_ok"), 1);
+    assert!(r.shim_lines().is_empty(), "{}", r.stderr);
+    for rep in reports(&dir) {
+        assert!(
+            rep["warnings"].as_array().unwrap().is_empty(),
+            "no fork entry for Intel OpenMP: {rep}"
+        );
+    }
+}
+
+#[test]
 fn llvm_libomp_forks_silently_and_keeps_its_team() {
     let r = fork_run("fork_gomp_clang", "both");
     r.ok();

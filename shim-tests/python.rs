@@ -201,3 +201,40 @@ fn fork_after_teams_in_two_libgomp_copies_keeps_both_full_and_equal() {
     assert!(forks.iter().all(|m| m.contains("freed before fork")));
     assert!(!r.stderr.contains(" WARN "), "{}", r.stderr);
 }
+
+#[test]
+fn numba_omp_layer_fork_is_named_with_what_to_do_instead() {
+    // numba's `omp` layer terminates a forked child itself: the shim cannot
+    // rescue it, and its one warning must say so and name the way out.
+    let r = cmd(&python(), &[&py("numba_fork.py")])
+        .shim()
+        .cores(2)
+        .env("NUMBA_THREADING_LAYER", "omp")
+        .timeout(120)
+        .run();
+    r.ok();
+    assert_eq!(r.get("parent"), "4999950000.0");
+    assert_eq!(r.get("layer"), "omp");
+    assert_eq!(
+        r.int("child_status"),
+        -15,
+        "numba's own SIGTERM: {}",
+        r.stderr
+    );
+    let w: Vec<_> = r
+        .shim_lines()
+        .into_iter()
+        .filter(|l| l.contains(" WARN fork_after_gomp"))
+        .collect();
+    assert_eq!(w.len(), 1, "{}", r.stderr);
+    assert!(
+        w[0].contains("numba") && w[0].contains("NUMBA_THREADING_LAYER=workqueue"),
+        "{}",
+        w[0]
+    );
+    assert!(
+        !w[0].contains("full teams"),
+        "no promise of a rescue: {}",
+        w[0]
+    );
+}

@@ -101,6 +101,43 @@ pub fn export_spin() {
     }
 }
 
+/// Dask's Nanny sets `OMP_NUM_THREADS`, `MKL_NUM_THREADS` and
+/// `OPENBLAS_NUM_THREADS` to 1 in every worker it spawns (its
+/// `distributed.nanny.pre-spawn-environ`), unless the variable is already in
+/// the environment. When we leave those unset (the budget is what the
+/// runtimes take by themselves), that static 1 would hold a lone task to one
+/// thread; the ledger sizes every call instead. So the three entries are
+/// unset in Dask's configuration through its environment overrides
+/// (`DASK_..._PRE_SPAWN_ENVIRON__X=None`), unless the user configured them.
+const DASK_PRE_SPAWN: &[(&CStr, &CStr)] = &[
+    (
+        c"OMP_NUM_THREADS",
+        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OMP_NUM_THREADS",
+    ),
+    (
+        c"MKL_NUM_THREADS",
+        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MKL_NUM_THREADS",
+    ),
+    (
+        c"OPENBLAS_NUM_THREADS",
+        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OPENBLAS_NUM_THREADS",
+    ),
+];
+
+fn export_dask() {
+    for (var, dask) in DASK_PRE_SPAWN {
+        if config::getenv(var).is_none() && config::getenv(dask).is_none() {
+            // SAFETY: NUL-terminated strings; setenv copies them.
+            unsafe { libc::setenv(dask.as_ptr(), c"None".as_ptr(), 1) };
+            info!(
+                "env_set var={} value=\"None\" reason=\"Dask workers would get {}=1; the ledger sizes their calls instead\"",
+                dask.to_str().unwrap_or("?"),
+                var.to_str().unwrap_or("?")
+            );
+        }
+    }
+}
+
 pub fn export(budget: u32, default_threads: u32) {
     for var in VARS {
         let cur = config::getenv(var);
@@ -121,6 +158,7 @@ pub fn export(budget: u32, default_threads: u32) {
             }
         }
     }
+    export_dask();
 }
 
 #[cfg(test)]

@@ -220,9 +220,15 @@ fn warn_fork(child_pid: libc::pid_t, hazard: u64, paused: Paused) {
             e.push_bytes(what.as_bytes());
             true
         };
+        if numba {
+            // numba checks getppid() at its next parallel launch and raises
+            // SIGTERM in the child, whatever libgomp's state: say that first.
+            e.clear();
+            e.push_bytes(b"numba's OpenMP threading layer is loaded: it terminates the child itself (SIGTERM, 'Terminating: fork() called from a process already using GNU OpenMP') at the child's first numba parallel region; the shim cannot prevent that");
+        }
         let effect = core::str::from_utf8(e.as_bytes()).unwrap_or("?");
         let numba_note = if numba {
-            " numba's OpenMP threading layer is loaded: it terminates forked children itself, so use NUMBA_THREADING_LAYER=workqueue or tbb, or the start method 'spawn' or 'forkserver'."
+            "; for numba: NUMBA_THREADING_LAYER=workqueue or tbb, or the start method 'spawn' or 'forkserver'"
         } else {
             ""
         };

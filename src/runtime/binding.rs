@@ -97,6 +97,63 @@ struct Rela {
     addend: i64,
 }
 
+/// The entries of an object's dynamic section the shim reads, as addresses.
+#[derive(Default)]
+struct Dynamic {
+    rela: usize,
+    relasz: usize,
+    jmprel: usize,
+    pltrelsz: usize,
+    strtab: usize,
+    symtab: usize,
+    gnu_hash: usize,
+    hash: usize,
+}
+
+impl Dynamic {
+    /// Reads `obj`'s dynamic section (None if it has none).
+    ///
+    /// SAFETY: `obj` must stay loaded during the call.
+    unsafe fn read(obj: &Object) -> Option<Dynamic> {
+        if obj.dynamic == 0 {
+            return None;
+        }
+        // glibc relocates the pointer entries of a writable dynamic section
+        // in place (it adds the load bias); a read-only one keeps file
+        // offsets. Accept both: a value inside the object is an address.
+        let addr = |v: i64| -> usize {
+            let v = v as usize;
+            if obj.contains(v) {
+                v
+            } else {
+                obj.bias.wrapping_add(v)
+            }
+        };
+        let mut out = Dynamic::default();
+        let mut d = obj.dynamic as *const [i64; 2];
+        for _ in 0..4096 {
+            // SAFETY: the dynamic section is an array of (tag, value) pairs
+            // ended by DT_NULL, in the loaded image.
+            let [tag, val] = unsafe { *d };
+            match tag {
+                DT_NULL => break,
+                DT_RELA => out.rela = addr(val),
+                DT_RELASZ => out.relasz = val as usize,
+                DT_JMPREL => out.jmprel = addr(val),
+                DT_PLTRELSZ => out.pltrelsz = val as usize,
+                DT_STRTAB => out.strtab = addr(val),
+                DT_SYMTAB => out.symtab = addr(val),
+                DT_GNU_HASH => out.gnu_hash = addr(val),
+                DT_HASH => out.hash = addr(val),
+                _ => {}
+            }
+            // SAFETY: not past DT_NULL yet.
+            d = unsafe { d.add(1) };
+        }
+        Some(out)
+    }
+}
+
 /// Calls `each(value)` for every resolved binding slot (GLOB_DAT, JUMP_SLOT)
 /// of `obj` whose value points outside the object (a lazy slot not yet bound
 /// points into the object's own PLT and is skipped).
@@ -104,36 +161,11 @@ struct Rela {
 /// SAFETY: `obj` must describe an object that stays loaded during the call
 /// (the caller of a hook is executing inside it).
 pub unsafe fn scan_relocations(obj: &Object, mut each: impl FnMut(usize)) {
-    if obj.dynamic == 0 {
+    // SAFETY: as this function's contract.
+    let Some(d) = (unsafe { Dynamic::read(obj) }) else {
         return;
-    }
-    // glibc relocates the pointer entries of a writable dynamic section in
-    // place (it adds the load bias); a read-only one keeps file offsets.
-    // Accept both: a value inside the object is already an address.
-    let addr = |v: u64| -> usize {
-        let v = v as usize;
-        if obj.contains(v) {
-            v
-        } else {
-            obj.bias.wrapping_add(v)
-        }
     };
-    let (mut rela, mut relasz, mut jmprel, mut pltrelsz) = (0usize, 0usize, 0usize, 0usize);
-    let mut d = obj.dynamic as *const [i64; 2];
-    for _ in 0..4096 {
-        // SAFETY: the dynamic section is an array of (tag, value) pairs ended by DT_NULL.
-        let [tag, val] = unsafe { *d };
-        match tag {
-            DT_NULL => break,
-            DT_RELA => rela = addr(val as u64),
-            DT_RELASZ => relasz = val as usize,
-            DT_JMPREL => jmprel = addr(val as u64),
-            DT_PLTRELSZ => pltrelsz = val as usize,
-            _ => {}
-        }
-        // SAFETY: not past DT_NULL yet.
-        d = unsafe { d.add(1) };
-    }
+    let (rela, relasz, jmprel, pltrelsz) = (d.rela, d.relasz, d.jmprel, d.pltrelsz);
     for (table, size) in [(rela, relasz), (jmprel, pltrelsz)] {
         if table == 0 || !obj.contains(table) || !obj.contains(table + size.saturating_sub(1)) {
             continue;
@@ -181,33 +213,11 @@ struct Sym {
 ///
 /// SAFETY: `obj` must stay loaded during the call.
 pub unsafe fn lookup_in(obj: &Object, name: &[u8]) -> usize {
-    if obj.dynamic == 0 {
+    // SAFETY: as this function's contract.
+    let Some(d) = (unsafe { Dynamic::read(obj) }) else {
         return 0;
-    }
-    let addr = |v: u64| -> usize {
-        let v = v as usize;
-        if obj.contains(v) {
-            v
-        } else {
-            obj.bias.wrapping_add(v)
-        }
     };
-    let (mut strtab, mut symtab, mut gnu, mut sysv) = (0usize, 0usize, 0usize, 0usize);
-    let mut d = obj.dynamic as *const [i64; 2];
-    for _ in 0..4096 {
-        // SAFETY: (tag, value) pairs ended by DT_NULL, in the loaded image.
-        let [tag, val] = unsafe { *d };
-        match tag {
-            DT_NULL => break,
-            DT_STRTAB => strtab = addr(val as u64),
-            DT_SYMTAB => symtab = addr(val as u64),
-            DT_GNU_HASH => gnu = addr(val as u64),
-            DT_HASH => sysv = addr(val as u64),
-            _ => {}
-        }
-        // SAFETY: not past DT_NULL yet.
-        d = unsafe { d.add(1) };
-    }
+    let (strtab, symtab, gnu, sysv) = (d.strtab, d.symtab, d.gnu_hash, d.hash);
     if strtab == 0 || symtab == 0 || !obj.contains(strtab) || !obj.contains(symtab) {
         return 0;
     }

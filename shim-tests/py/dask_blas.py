@@ -1,0 +1,61 @@
+"""A Dask LocalCluster (2 worker processes, 1 thread each) running BLAS-heavy
+tasks: one alone, then N at once. Prints each phase's seconds, a digest of
+the results, and what each worker process saw of the shim: its ledger name
+and members (from the shim's own live report, when it is loaded there).
+usage: dask_blas.py [N]   (N tasks at once, default 4)"""
+import ctypes
+import hashlib
+import json
+import os
+import sys
+import time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+
+
+def task(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.random((1000, 1000))
+    b = a
+    for _ in range(8):
+        b = (a @ b) / 1000.0
+    lib = ctypes.CDLL(None)
+    report = None
+    try:
+        f = lib.parbudget_report_json
+        f.restype = ctypes.c_ssize_t
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = f(buf, len(buf))
+        if 0 < n <= len(buf):
+            report = json.loads(buf.raw[:n])
+    except AttributeError:
+        pass
+    ledger = report["ledger"] if report else None
+    return (
+        hashlib.sha256(b.tobytes()).hexdigest()[:16],
+        os.getpid(),
+        os.environ.get("PARBUDGET_LEDGER", ""),
+        ledger["members"] if ledger else 0,
+        os.environ.get("OPENBLAS_NUM_THREADS", ""),
+    )
+
+
+if __name__ == "__main__":
+    from dask.distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.submit(task, 99).result()  # warm: workers import numpy
+        t = time.perf_counter()
+        alone = client.submit(task, 0, pure=False).result()
+        print("alone_seconds=%.3f" % (time.perf_counter() - t))
+        t = time.perf_counter()
+        many = client.gather([client.submit(task, s, pure=False) for s in range(1, N + 1)])
+        print("many_seconds=%.3f" % (time.perf_counter() - t))
+        res = [alone] + many
+        print("digest=%s" % hashlib.sha256(",".join(r[0] for r in res).encode()).hexdigest()[:16])
+        print("worker_pids=%d" % len({r[1] for r in res}))
+        print("ledgers=%s" % ",".join(sorted({r[2] or "-" for r in res})))
+        print("max_members=%d" % max(r[3] for r in res))
+        print("worker_openblas_env=%s" % ",".join(sorted({r[4] or "unset" for r in res})))
