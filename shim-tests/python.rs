@@ -238,3 +238,65 @@ fn numba_omp_layer_fork_is_named_with_what_to_do_instead() {
         w[0]
     );
 }
+
+#[test]
+fn joblib_loky_workers_join_the_ledger_and_compute_the_plain_results() {
+    let base = cmd(&python(), &[&py("joblib_blas.py")]).timeout(120).run();
+    base.ok();
+    let dir = tempdir("joblib");
+    let r = cmd(&python(), &[&py("joblib_blas.py")])
+        .shim()
+        .cores(2)
+        .report_into(&dir)
+        .timeout(120)
+        .run();
+    r.ok();
+    assert_eq!(r.get("digest"), base.get("digest"));
+    let reps = reports(&dir);
+    let workers: Vec<i64> = r
+        .get("workers")
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    for w in &workers {
+        let rep = reps
+            .iter()
+            .find(|x| x["pid"].as_i64() == Some(*w))
+            .unwrap_or_else(|| panic!("worker {w} wrote no report: {reps:?}"));
+        assert_eq!(rep["ledger"]["scope"], "tree", "{rep}");
+        assert!(
+            rep["ledger"]["members"].as_u64().unwrap() >= 2,
+            "the worker shares the parent's ledger: {rep}"
+        );
+        assert!(
+            runtimes_of(rep, "openblas")
+                .iter()
+                .any(|o| o["regions"].as_u64().unwrap() > 0),
+            "its BLAS calls were sized from the ledger: {rep}"
+        );
+    }
+}
+
+#[test]
+fn dask_local_cluster_workers_share_one_ledger_and_compute_the_plain_results() {
+    let base = cmd(&python(), &[&py("dask_blas.py"), "2"]).timeout(240).run();
+    base.ok();
+    let r = cmd(
+        &root().join("target/release/parbudget").display().to_string(),
+        &["run", "--cores", "2", "--", &python(), &py("dask_blas.py"), "2"],
+    )
+    .timeout(240)
+    .run();
+    r.ok();
+    assert_eq!(r.get("digest"), base.get("digest"));
+    assert_eq!(r.int("worker_pids"), 2);
+    let ledgers = r.get("ledgers");
+    assert!(
+        ledgers.starts_with("/parbudget-") && !ledgers.contains(','),
+        "every worker in one ledger: {ledgers}"
+    );
+    assert!(r.int("max_members") >= 3, "{}", r.stdout);
+    // Dask's static OPENBLAS_NUM_THREADS=1 is lifted: the ledger sizes calls.
+    assert_eq!(r.get("worker_openblas_env"), "unset");
+    assert_eq!(base.get("worker_openblas_env"), "1");
+}

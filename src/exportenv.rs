@@ -107,35 +107,29 @@ pub fn export_spin() {
 /// the environment. When we leave those unset (the budget is what the
 /// runtimes take by themselves), that static 1 would hold a lone task to one
 /// thread; the ledger sizes every call instead. So the three entries are
-/// unset in Dask's configuration through its environment overrides
-/// (`DASK_..._PRE_SPAWN_ENVIRON__X=None`), unless the user configured them.
-const DASK_PRE_SPAWN: &[(&CStr, &CStr)] = &[
-    (
-        c"OMP_NUM_THREADS",
-        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OMP_NUM_THREADS",
-    ),
-    (
-        c"MKL_NUM_THREADS",
-        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MKL_NUM_THREADS",
-    ),
-    (
-        c"OPENBLAS_NUM_THREADS",
-        c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__OPENBLAS_NUM_THREADS",
-    ),
-];
+/// unset (None) in Dask's configuration through its environment override,
+/// a dict that Dask merges into its defaults (its per-key variables lowercase
+/// their keys and cannot reach these), unless the user set the override or
+/// any of the three variables.
+const DASK_PRE_SPAWN: &CStr = c"DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON";
+const DASK_UNSET: &CStr =
+    c"{'OMP_NUM_THREADS': None, 'MKL_NUM_THREADS': None, 'OPENBLAS_NUM_THREADS': None}";
 
 fn export_dask() {
-    for (var, dask) in DASK_PRE_SPAWN {
-        if config::getenv(var).is_none() && config::getenv(dask).is_none() {
-            // SAFETY: NUL-terminated strings; setenv copies them.
-            unsafe { libc::setenv(dask.as_ptr(), c"None".as_ptr(), 1) };
-            info!(
-                "env_set var={} value=\"None\" reason=\"Dask workers would get {}=1; the ledger sizes their calls instead\"",
-                dask.to_str().unwrap_or("?"),
-                var.to_str().unwrap_or("?")
-            );
-        }
+    let ours = [
+        c"OMP_NUM_THREADS",
+        c"MKL_NUM_THREADS",
+        c"OPENBLAS_NUM_THREADS",
+    ];
+    if config::getenv(DASK_PRE_SPAWN).is_some() || ours.iter().any(|v| config::getenv(v).is_some())
+    {
+        return;
     }
+    // SAFETY: NUL-terminated strings; setenv copies them.
+    unsafe { libc::setenv(DASK_PRE_SPAWN.as_ptr(), DASK_UNSET.as_ptr(), 1) };
+    info!(
+        "env_set var=DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON reason=\"Dask workers would get OMP/MKL/OPENBLAS_NUM_THREADS=1; the ledger sizes their calls instead\""
+    );
 }
 
 pub fn export(budget: u32, default_threads: u32) {

@@ -1,0 +1,19 @@
+"""joblib Parallel(n_jobs=2) (loky workers) running numpy BLAS tasks.
+Prints a digest of the results and the worker pids."""
+import hashlib
+import os
+
+import numpy as np
+from joblib import Parallel, delayed
+
+
+def task(seed):
+    a = np.random.default_rng(seed).random((300, 300))
+    for _ in range(5):
+        a = (a @ a) / 300.0
+    return os.getpid(), hashlib.sha256(a.tobytes()).hexdigest()[:16]
+
+
+res = Parallel(n_jobs=2)(delayed(task)(s) for s in range(6))
+print("digest=%s" % hashlib.sha256(",".join(r[1] for r in res).encode()).hexdigest()[:16])
+print("workers=%s" % ",".join(str(p) for p in sorted({r[0] for r in res})))
