@@ -119,3 +119,116 @@ fn a_non_ascii_library_path_survives_the_json_report() {
         "the path reads back as it is: {paths:?}"
     );
 }
+
+fn launcher() -> String {
+    root()
+        .join("target/release/parbudget")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn a_fork_and_thread_storm_completes_and_gives_the_ledger_back() {
+    // 8 threads fork 1,000 children in all (each forking thread leads a
+    // GNU OpenMP team first, so every fork pauses a pool), while other threads
+    // run regions and BLAS calls, create threads, vfork+exec and posix_spawn.
+    let dir = tempdir("storm");
+    let r = cmd(&fixture("storm"), &["8", "1000"])
+        .shim()
+        .cores(2)
+        .report_into(&dir)
+        .timeout(240)
+        .run();
+    r.ok();
+    assert_eq!(r.int("children"), 1000, "{}", r.stdout);
+    assert_eq!(r.int("children_ok"), 1000, "every child ran a right region");
+    assert!(r.int("spawns") > 0);
+    assert_eq!(r.int("spawns_ok"), r.int("spawns"));
+    assert_eq!(r.int("regions_bad"), 0);
+    assert_eq!(r.int("blas_bad"), 0);
+    assert_eq!(r.int("threads_bad"), 0);
+    let reps = reports(&dir);
+    let parent = reps
+        .iter()
+        .find(|x| {
+            runtimes_of(x, "libgomp")
+                .first()
+                .is_some_and(|g| g["regions"].as_u64().unwrap() > 1000)
+        })
+        .expect("the storm's own report");
+    assert_eq!(parent["ledger"]["held_here"], 0, "{parent}");
+    assert_eq!(
+        parent["ledger"]["used"], 0,
+        "the ledger's used returns to 0: {parent}"
+    );
+}
+
+#[test]
+fn chaos_kills_never_leak_budget_and_the_audit_shows_it() {
+    // 200 rounds: three members of one named ledger run regions back to back
+    // (threads_omp: 2 threads each); after a random moment (inside regions,
+    // inside the ledger's lock, around a fork), all three get SIGKILL. A
+    // fresh process then gets the whole budget, and the audit shows no live
+    // member holding anything.
+    let name = format!("/parbudget-test-chaos-{}", std::process::id());
+    let file = format!("/dev/shm{name}");
+    let _ = std::fs::remove_file(&file);
+    let members_bin = fixture("threads_omp_gcc");
+    let teams = fixture("omp_teams_gcc");
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id());
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..200 {
+        let kids: Vec<_> = (0..3)
+            .map(|_| {
+                cmd(&members_bin, &["2", "1000000"])
+                    .shim()
+                    .cores(2)
+                    .env("PARBUDGET_LEDGER", &name)
+                    .spawn()
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_micros(rand() % 20_000));
+        for mut k in kids {
+            send_signal(k.id(), 9);
+            let _ = k.wait();
+        }
+        let t = std::time::Instant::now();
+        let r = cmd(&teams, &["0", "2"])
+            .shim()
+            .cores(2)
+            .env("PARBUDGET_LEDGER", &name)
+            .timeout(20)
+            .run();
+        r.ok();
+        assert_eq!(r.int("clause_team"), 2, "round {round}: {}", r.stderr);
+        assert_eq!(
+            r.int("initial_max_threads"),
+            2,
+            "round {round}: a fresh process gets the whole budget: {}",
+            r.stderr
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_millis(2000),
+            "round {round}: took {:?}",
+            t.elapsed()
+        );
+    }
+    let audit = cmd(&launcher(), &["ledger", "--json", &name]).run();
+    audit.ok();
+    let v: serde_json::Value = serde_json::from_str(&audit.stdout).unwrap();
+    let l = &v[0];
+    let live_held: u64 = l["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["alive"] == true)
+        .map(|m| m["held"].as_u64().unwrap())
+        .sum();
+    assert_eq!(live_held, 0, "no live member holds anything: {l}");
+    let _ = std::fs::remove_file(&file);
+}

@@ -279,11 +279,24 @@ fn joblib_loky_workers_join_the_ledger_and_compute_the_plain_results() {
 
 #[test]
 fn dask_local_cluster_workers_share_one_ledger_and_compute_the_plain_results() {
-    let base = cmd(&python(), &[&py("dask_blas.py"), "2"]).timeout(240).run();
+    let base = cmd(&python(), &[&py("dask_blas.py"), "2"])
+        .timeout(240)
+        .run();
     base.ok();
     let r = cmd(
-        &root().join("target/release/parbudget").display().to_string(),
-        &["run", "--cores", "2", "--", &python(), &py("dask_blas.py"), "2"],
+        &root()
+            .join("target/release/parbudget")
+            .display()
+            .to_string(),
+        &[
+            "run",
+            "--cores",
+            "2",
+            "--",
+            &python(),
+            &py("dask_blas.py"),
+            "2",
+        ],
     )
     .timeout(240)
     .run();

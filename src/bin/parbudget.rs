@@ -69,6 +69,26 @@ enum Sub {
         subcommand_required = true
     )]
     Kernel(KernelCmd),
+    /// Audit a shared ledger: its budget, threads in use, and each member.
+    #[command(
+        long_about = "Print a shared ledger as it is now: its budget, the threads counted in \
+            use, and each member slot (pid, threads held, whether the process lives). NAME is \
+            a PARBUDGET_LEDGER name such as /parbudget-myjob; without one, every ledger of \
+            this user in /dev/shm is listed. Read-only: the ledger is validated like the \
+            shim does and never locked or changed.",
+        args_override_self = true
+    )]
+    Ledger(LedgerArgs),
+}
+
+#[derive(Args, Debug)]
+struct LedgerArgs {
+    /// Print JSON instead of a table
+    #[arg(long)]
+    json: bool,
+    /// The ledger's name (default: every ledger of this user)
+    #[arg(value_name = "NAME")]
+    name: Option<String>,
 }
 
 /// The PARBUDGET_* variables the launcher can set.
@@ -625,5 +645,128 @@ fn main() -> ExitCode {
         Sub::Run(a) => run(a),
         Sub::Doctor(a) => doctor(a),
         Sub::Kernel(k) => kernel(k),
+        Sub::Ledger(a) => ledger(a),
+    }
+}
+
+// The ledger's layout, shared with the shim's own reader (a file with no
+// dependency on the rest of the shim; the launcher never links the shim).
+#[path = "../ledger/layout.rs"]
+#[allow(dead_code)]
+mod layout;
+
+/// One ledger as read from /dev/shm, validated, as JSON.
+fn read_ledger(name: &str) -> Result<Value, String> {
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let path = format!("/dev/shm/{}", name.trim_start_matches('/'));
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let md = f.metadata().map_err(|e| format!("{path}: {e}"))?;
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    if md.uid() != uid || md.mode() & 0o077 != 0 || !md.is_file() {
+        return Err(format!("{path}: not a private ledger of this user"));
+    }
+    let mut img = Vec::with_capacity(layout::SIZE);
+    f.by_ref()
+        .take(layout::SIZE as u64 + 1)
+        .read_to_end(&mut img)
+        .map_err(|e| format!("{path}: {e}"))?;
+    layout::check(&img, None).map_err(|e| format!("{path}: {e}"))?;
+    let u32_at = |o: usize| u32::from_le_bytes(img[o..o + 4].try_into().unwrap_or([0; 4]));
+    let i32_at = |o: usize| i32::from_le_bytes(img[o..o + 4].try_into().unwrap_or([0; 4]));
+    let slots = core::mem::offset_of!(layout::Header, slots);
+    let slot = core::mem::size_of::<layout::Slot>();
+    let mut members = vec![];
+    let mut held_sum: u64 = 0;
+    for i in 0..layout::SLOTS {
+        let base = slots + i * slot;
+        let pid = i32_at(base + core::mem::offset_of!(layout::Slot, pid));
+        if pid == 0 {
+            continue;
+        }
+        let held = u32_at(base + core::mem::offset_of!(layout::Slot, held));
+        held_sum += u64::from(held);
+        members.push(serde_json::json!({
+            "pid": pid,
+            "held": held,
+            "alive": Path::new(&format!("/proc/{pid}")).exists(),
+        }));
+    }
+    Ok(serde_json::json!({
+        "name": format!("/{}", name.trim_start_matches('/')),
+        "budget": u32_at(core::mem::offset_of!(layout::Header, budget)),
+        "used": u32_at(core::mem::offset_of!(layout::Header, used)),
+        "held_by_members": held_sum,
+        "members": members,
+    }))
+}
+
+fn ledger(a: LedgerArgs) -> ExitCode {
+    let names: Vec<String> = match &a.name {
+        Some(n) => vec![n.clone()],
+        None => {
+            // SAFETY: getuid has no preconditions.
+            let prefix = format!("parbudget-{}-", unsafe { libc::getuid() });
+            let mut v: Vec<String> = std::fs::read_dir("/dev/shm")
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().to_string())
+                        .filter(|n| n.starts_with(&prefix))
+                        .map(|n| format!("/{n}"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        }
+    };
+    let mut out = vec![];
+    let mut failed = false;
+    for n in &names {
+        match read_ledger(n) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                eprintln!("parbudget: {e}");
+                failed = true;
+            }
+        }
+    }
+    if a.json {
+        println!("{}", Value::Array(out));
+    } else {
+        for l in &out {
+            println!(
+                "{}  budget {}  used {}  (held by members {})",
+                l["name"].as_str().unwrap_or("?"),
+                l["budget"],
+                l["used"],
+                l["held_by_members"]
+            );
+            for m in l["members"].as_array().into_iter().flatten() {
+                println!(
+                    "  pid {:>8}  held {:>4}  {}",
+                    m["pid"],
+                    m["held"],
+                    if m["alive"] == true {
+                        "alive"
+                    } else {
+                        "dead (reclaimed at the next short request)"
+                    }
+                );
+            }
+        }
+        if out.is_empty() && !failed {
+            println!("no ledger");
+        }
+    }
+    if failed && a.name.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -17,6 +17,10 @@ pub const SLOTS: usize = 512;
 pub const MAX_HELD: u32 = SLOTS as u32 * 4096;
 /// Linux's PID_MAX_LIMIT.
 pub const MAX_PID: i32 = 1 << 22;
+/// The largest budget a ledger may hold (the shim's MAX_CORES; a unit test
+/// in `ledger` checks they agree). Kept here so this file depends on nothing
+/// of the crate: the launcher reads ledgers with it (`parbudget ledger`).
+pub const MAX_BUDGET: u32 = 4096;
 /// Budget sources the creator may record (budget::Source codes).
 const MAX_SOURCE: u32 = 2;
 
@@ -88,11 +92,7 @@ impl core::fmt::Display for Invalid {
             ),
             Invalid::Version(v) => write!(f, "version {v}, expected {VERSION}"),
             Invalid::SizeField(v) => write!(f, "header says size {v}, expected {SIZE}"),
-            Invalid::Budget(v) => write!(
-                f,
-                "budget {v} out of range 1..={}",
-                crate::budget::MAX_CORES
-            ),
+            Invalid::Budget(v) => write!(f, "budget {v} out of range 1..={}", MAX_BUDGET),
             Invalid::Source(v) => write!(f, "budget source {v} out of range 0..={MAX_SOURCE}"),
             Invalid::LockKind(k) => {
                 write!(f, "lock of kind {k}, not a process-shared robust mutex")
@@ -158,7 +158,7 @@ pub fn check(img: &[u8], lock_kind: Option<i32>) -> Result<(), Invalid> {
         return Err(Invalid::SizeField(size));
     }
     let budget = u32_at(img, offset_of!(Header, budget));
-    if budget == 0 || budget > crate::budget::MAX_CORES {
+    if budget == 0 || budget > MAX_BUDGET {
         return Err(Invalid::Budget(budget));
     }
     let source = u32_at(img, offset_of!(Header, source));
@@ -360,7 +360,7 @@ pub mod tests {
             let in_range = magic == MAGIC
                 && u32_at(&img, 8) == VERSION
                 && u32_at(&img, 12) as usize == SIZE
-                && (1..=crate::budget::MAX_CORES).contains(&u32_at(&img, 16))
+                && (1..=MAX_BUDGET).contains(&u32_at(&img, 16))
                 && u32_at(&img, 20) <= MAX_SOURCE
                 && i32_at(&img, LOCK_OFFSET + KIND_IN_MUTEX) == KIND
                 && u32_at(&img, offset_of!(Header, used)) <= MAX_HELD
@@ -375,7 +375,7 @@ pub mod tests {
         /// Every in-range image is accepted.
         #[test]
         fn in_range_images_are_accepted(
-            budget in 1..=crate::budget::MAX_CORES,
+            budget in 1..=MAX_BUDGET,
             source in 0..=MAX_SOURCE,
             used in 0..=MAX_HELD,
             members in proptest::collection::vec((0..=MAX_PID, 0..=MAX_HELD, any::<u64>()), 0..40),

@@ -251,3 +251,11 @@ fn cleanup_stale() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_layout_bound_is_the_budget_bound() {
+        assert_eq!(super::layout::MAX_BUDGET, crate::budget::MAX_CORES);
+    }
+}
