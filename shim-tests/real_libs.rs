@@ -437,8 +437,11 @@ fn nearest_neighbors_while_another_process_holds_budget_in_the_same_ledger() {
         rest.iter().any(|l| l.starts_with("regions=")),
         "the holder did not finish cleanly: {rest:?}\nstderr:\n{err}"
     );
-    // The scenario really happened: the holder kept the budget busy, so
-    // scikit-learn's teams in the foreground were smaller than alone.
+    // The scenario really happened: the holder kept the budget busy while
+    // the foreground ran, so each foreground region either ran smaller (it
+    // may) or kept the team it was promised over the budget (counted). Which
+    // of the two depends on when scikit-learn first asked
+    // omp_get_max_threads() (before or after the holder started).
     let reps = reports(&dir);
     let fg = reps
         .iter()
@@ -446,8 +449,9 @@ fn nearest_neighbors_while_another_process_holds_budget_in_the_same_ledger() {
         .unwrap_or_else(|| panic!("no report with libgomp in {}", dir.display()));
     let gomp = runtimes_of(fg, "libgomp");
     let mean = gomp[0]["mean_team"].as_f64().unwrap();
+    let over = gomp[0]["over_budget"].as_u64().unwrap();
     assert!(
-        mean < 1.9,
-        "the foreground was not constrained by the holder (mean_team {mean}): the test did not test sharing\n{fg}"
+        mean < 1.9 || over > 0,
+        "the foreground never met the holder (mean_team {mean}, over_budget {over}): the test did not test sharing\n{fg}"
     );
 }
