@@ -132,7 +132,7 @@ fn a_fork_and_thread_storm_completes_and_gives_the_ledger_back() {
     // 8 threads fork 1,000 children in all (each forking thread leads a
     // GNU OpenMP team first, so every fork pauses a pool), while other threads
     // run regions and BLAS calls, create threads, vfork+exec and posix_spawn.
-    let dir = tempdir("storm");
+    let dir = tempdir("fork-storm");
     let r = cmd(&fixture("storm"), &["8", "1000"])
         .shim()
         .cores(2)

@@ -283,7 +283,14 @@ pub fn reports(dir: &Path) -> Vec<serde_json::Value> {
                 .unwrap_or_else(|err| panic!("{}: {err}\n{text}", e.path().display()))
         })
         .collect();
-    v.sort_by_key(|r| r["pid"].as_i64());
+    // The process the test started first (its parent wrote no report), then
+    // by pid: `reports(..)[0]` is the root even when a child's pid wrapped
+    // around below its parent's.
+    let pids: std::collections::HashSet<i64> = v.iter().filter_map(|r| r["pid"].as_i64()).collect();
+    v.sort_by_key(|r| {
+        let child = r["ppid"].as_i64().is_some_and(|p| pids.contains(&p));
+        (child, r["pid"].as_i64())
+    });
     v
 }
 

@@ -103,7 +103,18 @@ fn child_protected() -> bool {
     crate::init::ready().is_none_or(|s| s.fork != ForkPolicy::Warn)
 }
 
+/// Prepare: no walk of the loader's object list may be in flight across the
+/// fork (see runtime::loader's fork gate). Atomics only.
+extern "C" fn prepare() {
+    crate::runtime::loader::close_for_fork();
+}
+
+extern "C" fn parent() {
+    crate::runtime::loader::open_after_fork();
+}
+
 extern "C" fn child() {
+    crate::runtime::loader::reset_in_child();
     // Flags only: see the protocol above.
     if child_protected() {
         SERIAL.with(|s| s.set(s.get() | MASTER_OF.with(|m| m.get())));
@@ -123,7 +134,7 @@ pub fn install_atfork() {
     process::remember_pid();
     // SAFETY: registers plain extern "C" functions that only touch atomics and
     // thread-locals.
-    unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
 /// Why a copy's pool was not freed before fork.
@@ -183,7 +194,7 @@ fn numba_omp_loaded() -> bool {
     }
     let mut found = false;
     // SAFETY: the callback only reads the info and writes `found`.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut found as *mut bool).cast()) };
+    unsafe { crate::runtime::loader::walk(each, (&mut found as *mut bool).cast()) };
     found
 }
 

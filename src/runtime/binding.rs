@@ -75,7 +75,7 @@ pub fn object_at(addr: usize) -> Option<Object> {
     }
     let mut f = Find { addr, found: None };
     // SAFETY: the callback only reads the info it is given and writes `f`.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&mut f as *mut Find).cast()) };
+    unsafe { super::loader::walk(each, (&mut f as *mut Find).cast()) };
     f.found
 }
 

@@ -182,14 +182,15 @@ impl RuntimeCopy {
         if a == 0 || m == 0 {
             return false;
         }
-        // SAFETY: int(void) OpenMP API functions resolved from this copy.
-        let (level, max) = unsafe {
-            (
-                core::mem::transmute::<usize, extern "C" fn() -> c_int>(a)(),
-                core::mem::transmute::<usize, extern "C" fn() -> c_int>(m)(),
-            )
-        };
-        level > 0 && level >= max
+        // SAFETY: int(void) OpenMP API function resolved from this copy.
+        let level = unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(a)() };
+        if level == 0 {
+            // Outside any active region (the common case): one call only.
+            return false;
+        }
+        // SAFETY: as above.
+        let max = unsafe { core::mem::transmute::<usize, extern "C" fn() -> c_int>(m)() };
+        level >= max
     }
 
     /// `omp_pause_resource_all(omp_pause_hard)` in this copy: frees the calling

@@ -47,3 +47,64 @@ pub fn dlsym_in(path: Option<&CStr>, name: &CStr) -> usize {
     crate::next::real_dlclose(h);
     p
 }
+
+// ---------------------------------------------------------------------------
+// The fork gate. `dl_iterate_phdr` holds the loader's write lock while it
+// runs; a thread that forks while another of ours is inside it leaves that
+// lock held in the child, whose first `dl_iterate_phdr` then waits forever
+// (seen: a child of an 8-thread fork storm). So every walk of ours runs
+// through `walk`, which counts itself in, and our atfork prepare handler
+// closes the gate and waits for walks in flight to finish; parent and child
+// handlers open it again. A walk that finds the gate closed is skipped (its
+// caller treats that as "nothing new"), so nothing waits on a fork.
+// ---------------------------------------------------------------------------
+
+use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
+
+/// Walks in flight, and forks being prepared (several threads may fork at
+/// once). A walk counts itself in, then backs off if a fork is being
+/// prepared; a fork counts itself in, then waits for the walks to drain
+/// (both sides use SeqCst, so one of them always sees the other).
+static WALKERS: AtomicU32 = AtomicU32::new(0);
+static FORKERS: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `dl_iterate_phdr(callback, data)` unless a fork is under way.
+/// Returns false when it did not run.
+///
+/// # Safety
+/// As `dl_iterate_phdr`: `callback` must be sound for `data`.
+pub unsafe fn walk(
+    callback: unsafe extern "C" fn(*mut libc::dl_phdr_info, usize, *mut c_void) -> libc::c_int,
+    data: *mut c_void,
+) -> bool {
+    WALKERS.fetch_add(1, SeqCst);
+    if FORKERS.load(SeqCst) != 0 {
+        WALKERS.fetch_sub(1, SeqCst);
+        return false;
+    }
+    // SAFETY: the caller's contract.
+    unsafe { libc::dl_iterate_phdr(Some(callback), data) };
+    WALKERS.fetch_sub(1, SeqCst);
+    true
+}
+
+/// Atfork prepare: no new walk starts, and the walks in flight finish (they
+/// are short: a walk of the loaded-object list calling our own callbacks).
+pub fn close_for_fork() {
+    FORKERS.fetch_add(1, SeqCst);
+    while WALKERS.load(SeqCst) != 0 {
+        core::hint::spin_loop();
+    }
+}
+
+/// Atfork parent: this fork is done.
+pub fn open_after_fork() {
+    FORKERS.fetch_sub(1, SeqCst);
+}
+
+/// Atfork child: only the forking thread exists, so no walk is in flight
+/// and no other fork is being prepared here.
+pub fn reset_in_child() {
+    WALKERS.store(0, SeqCst);
+    FORKERS.store(0, SeqCst);
+}

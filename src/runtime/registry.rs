@@ -107,7 +107,10 @@ fn loader_adds() -> u64 {
     }
     let mut adds: u64 = 0;
     // SAFETY: the callback only reads the info it is given.
-    unsafe { libc::dl_iterate_phdr(Some(first), (&mut adds as *mut u64).cast()) };
+    if !unsafe { super::loader::walk(first, (&mut adds as *mut u64).cast()) } {
+        // A fork is under way: report nothing new.
+        return REGISTRY.seen_adds.load(Acquire);
+    }
     adds
 }
 
@@ -195,8 +198,11 @@ fn scan() {
         0
     }
     // SAFETY: the callback only reads the info and writes our registry. No
-    // dlopen inside it: the loader's list lock is held there.
-    unsafe { libc::dl_iterate_phdr(Some(each), core::ptr::null_mut()) };
+    // dlopen inside it: the loader's list lock is held there. Skipped while
+    // a fork is under way (the next scan sees the same objects).
+    if !unsafe { super::loader::walk(each, core::ptr::null_mut()) } {
+        REGISTRY.seen_adds.store(0, Release);
+    }
 }
 
 /// Publishes a copy seen by `dl_iterate_phdr`, unconfirmed. Caller holds the

@@ -333,7 +333,9 @@ fn search_loaded(name: &CStr) -> usize {
             ours,
         };
         // SAFETY: the callback only copies names into `b`.
-        unsafe { libc::dl_iterate_phdr(Some(each), (&mut b as *mut Batch).cast()) };
+        if !unsafe { super::loader::walk(each, (&mut b as *mut Batch).cast()) } {
+            return 0; // a fork is under way: not found this time, not cached
+        }
         for p in b.paths.iter_mut().take(b.n) {
             let sym = dlsym_in(p.as_cstr(), name);
             if sym != 0 && owner_base(sym) != Some(ours) {
