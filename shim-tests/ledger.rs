@@ -192,7 +192,8 @@ fn a_killed_zombie_holder_is_reclaimed_before_it_is_reaped() {
          assert p.stdout.readline().strip() == b'ready=1'\n\
          os.kill(p.pid, signal.SIGKILL)\n\
          stat = lambda: open('/proc/%d/stat' % p.pid).read().rsplit(')', 1)[1].split()[0]\n\
-         while stat() != 'Z': time.sleep(0.001)\n\
+         threads = lambda: int([l for l in open('/proc/%d/status' % p.pid) if l.startswith('Threads:')][0].split()[1])\n\
+         while stat() != 'Z' or threads() > 1: time.sleep(0.001)\n\
          out = subprocess.run(['{teams}', '0'], capture_output=True, text=True).stdout\n\
          print('zombie=%d' % (stat() == 'Z'))\n\
          print([l for l in out.splitlines() if l.startswith('team=')][0].replace('team=', 'after='))\n\
