@@ -29,10 +29,15 @@ macro_rules! table {
             /// The symbol's name.
             pub fn name(self) -> &'static CStr {
                 match self {
-                    $(Hook::$name => match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
-                        Ok(c) => c,
-                        Err(_) => c"?",
-                    },)*
+                    // Checked at compile time (a const per row): hooks call
+                    // this on every region and BLAS call.
+                    $(Hook::$name => {
+                        const NAME: &CStr = match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                            Ok(c) => c,
+                            Err(_) => panic!("a hook name with a NUL byte"),
+                        };
+                        NAME
+                    })*
                 }
             }
         }

@@ -84,11 +84,16 @@ const BIND_TYPES: [u32; 2] = [6, 7]; // R_X86_64_GLOB_DAT, R_X86_64_JUMP_SLOT
 #[cfg(target_arch = "aarch64")]
 const BIND_TYPES: [u32; 2] = [1025, 1026]; // R_AARCH64_GLOB_DAT, R_AARCH64_JUMP_SLOT
 
+// The dynamic-section tags `Dynamic::read` keeps.
 const DT_NULL: i64 = 0;
 const DT_PLTRELSZ: i64 = 2;
+const DT_HASH: i64 = 4;
+const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
 const DT_RELA: i64 = 7;
 const DT_RELASZ: i64 = 8;
 const DT_JMPREL: i64 = 23;
+const DT_GNU_HASH: i64 = 0x6fff_fef5;
 
 #[repr(C)]
 struct Rela {
@@ -189,11 +194,6 @@ pub unsafe fn scan_relocations(obj: &Object, mut each: impl FnMut(usize)) {
         }
     }
 }
-
-const DT_HASH: i64 = 4;
-const DT_STRTAB: i64 = 5;
-const DT_SYMTAB: i64 = 6;
-const DT_GNU_HASH: i64 = 0x6fff_fef5;
 
 #[repr(C)]
 struct Sym {
