@@ -14,6 +14,9 @@
  *   every_blas_scipy   scipy's libscipy_openblas: scipy_cblas_*, Fortran
  *                      scipy_{s,d,c,z}gemm_, scipy_openblas_set_num_threads,
  *                      scipy_goto_set_num_threads, openblas_set_num_threads_local
+ *   every_blas_numpy1  numpy 1.26's libopenblas64_ (64-bit integers, 64_ suffix,
+ *                      no prefix): cblas_*64_, openblas_set_num_threads64_,
+ *                      goto_set_num_threads64_
  *
  * Prints SYMBOL_ok= for each routine, blas_calls= (the calls made: each is a
  * call the shim's report must count as sized), then for each setter

@@ -156,17 +156,25 @@ fn forked_and_spawned_python_workers_share_one_ledger() {
 fn a_holder_killed_by_sigkill_gives_its_share_back() {
     // block_in_region holds a 2-thread team forever. While it lives, a new
     // member of the tree gets a team of 1; after SIGKILL, the whole budget.
+    // The two omp_teams runs write JSON reports (nothing else does): the
+    // ledger each saw at its exit.
     let blocker = fixture("block_in_region");
     let teams = fixture("omp_teams_gcc");
+    let dir = tempdir("reclaim");
+    let (during_dir, after_dir) = (dir.join("during"), dir.join("after"));
+    std::fs::create_dir_all(&during_dir).unwrap();
+    std::fs::create_dir_all(&after_dir).unwrap();
     let script = format!(
         "f=$(mktemp -u); mkfifo $f; {blocker} > $f & b=$!; read ready < $f; rm $f; \
-         echo during=$({teams} 0 | grep '^team=' | cut -d= -f2); \
-         kill -9 $b; wait $b 2>/dev/null; echo after=$({teams} 0 | grep '^team=' | cut -d= -f2)"
+         echo during=$(PARBUDGET_REPORT={d}/r-%p.json {teams} 0 | grep '^team=' | cut -d= -f2); \
+         kill -9 $b; wait $b 2>/dev/null; \
+         echo after=$(PARBUDGET_REPORT={a}/r-%p.json {teams} 0 | grep '^team=' | cut -d= -f2)",
+        d = during_dir.display(),
+        a = after_dir.display()
     );
     let r = cmd("sh", &["-c", &script])
         .shim()
         .cores(2)
-        .env("PARBUDGET_LOG", "info")
         .timeout(60)
         .run();
     r.ok();
@@ -177,7 +185,31 @@ fn a_holder_killed_by_sigkill_gives_its_share_back() {
         r.stderr
     );
     assert_eq!(r.int("after"), 2, "its share came back: {}", r.stderr);
-    assert!(r.stderr.contains("ledger_reclaimed"), "{}", r.stderr);
+    let one = |d: &std::path::Path| {
+        let mut v = reports(d);
+        assert_eq!(v.len(), 1, "one report in {}: {v:?}", d.display());
+        v.remove(0)
+    };
+    let (during, after) = (one(&during_dir), one(&after_dir));
+    for (what, rep) in [("during", &during), ("after", &after)] {
+        assert_eq!(rep["ledger"]["scope"], "tree", "{what}: {rep}");
+        assert_eq!(rep["ledger"]["held_here"], 0, "{what}: {rep}");
+    }
+    // While the holder lives, its 2 threads are what the tree uses once the
+    // first run has given its own back.
+    assert_eq!(
+        during["ledger"]["used"], 2,
+        "the live holder's threads counted: {during}"
+    );
+    // The holder never ran its exit (SIGKILL): only a reclaim of its slot
+    // takes its threads off the shared ledger.
+    assert_eq!(
+        after["ledger"]["used"], 0,
+        "the killed holder's threads reclaimed: {after}"
+    );
+    let g = runtimes_of(&after, "libgomp");
+    assert_eq!(g.len(), 1, "{after}");
+    assert_eq!(g[0]["mean_team"].as_f64(), Some(2.0), "{after}");
 }
 
 #[test]
