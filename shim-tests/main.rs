@@ -16,3 +16,4 @@ mod ledger;
 mod python;
 mod real_libs;
 mod reports;
+mod scale_out;

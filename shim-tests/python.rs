@@ -313,3 +313,121 @@ fn dask_local_cluster_workers_share_one_ledger_and_compute_the_plain_results() {
     assert_eq!(r.get("worker_openblas_env"), "unset");
     assert_eq!(base.get("worker_openblas_env"), "1");
 }
+
+#[test]
+fn multiprocessing_spawn_and_forkserver_workers_and_the_forkserver_join_the_ledger() {
+    let launcher = root()
+        .join("target/release/parbudget")
+        .display()
+        .to_string();
+    let base = cmd(&python(), &[&py("mp_methods.py"), &launcher, "spawn"])
+        .timeout(90)
+        .run();
+    base.ok();
+    let mut digests = vec![];
+    for method in ["spawn", "forkserver"] {
+        let dir = tempdir(&format!("mp-{method}"));
+        let r = cmd(&python(), &[&py("mp_methods.py"), &launcher, method])
+            .shim()
+            .cores(2)
+            .report_into(&dir)
+            .timeout(90)
+            .run();
+        r.ok();
+        digests.push(r.get("digest"));
+        let parent: i64 = r.int("parent");
+        let workers: Vec<i64> = r
+            .get("workers")
+            .split(',')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(workers.len(), 2, "{method}: {}", r.stdout);
+        assert_eq!(
+            r.get("worker_ledgers"),
+            r.get("ledger"),
+            "{method}: every worker opened the parent's ledger"
+        );
+        assert_eq!(r.int("parent_in_audit"), 1, "{method}: {}", r.stdout);
+        assert_eq!(
+            r.int("workers_in_audit"),
+            2,
+            "{method}: `parbudget ledger` lists both workers: {}",
+            r.stdout
+        );
+        // Who started the workers: the parent (spawn) or the forkserver,
+        // itself started by the parent and a member too.
+        let starter = if method == "forkserver" {
+            assert_eq!(r.int("forkserver_in_audit"), 1, "{}", r.stdout);
+            r.int("forkserver")
+        } else {
+            parent
+        };
+        assert_eq!(r.get("worker_parents"), starter.to_string(), "{method}");
+        let reps = reports(&dir);
+        let rep_of = |pid: i64| {
+            reps.iter()
+                .find(|x| x["pid"].as_i64() == Some(pid))
+                .unwrap_or_else(|| panic!("{method}: {pid} wrote no report: {reps:?}"))
+        };
+        if method == "forkserver" {
+            let fs = rep_of(starter);
+            assert_eq!(fs["ppid"].as_i64(), Some(parent), "{fs}");
+            assert_eq!(fs["ledger"]["scope"], "tree", "{fs}");
+        }
+        for w in &workers {
+            let rep = rep_of(*w);
+            assert_eq!(rep["ppid"].as_i64(), Some(starter), "{rep}");
+            assert_eq!(rep["ledger"]["scope"], "tree", "{rep}");
+            assert!(
+                rep["ledger"]["members"].as_u64().unwrap() >= 3,
+                "{method}: the worker counts in the parent's ledger: {rep}"
+            );
+            assert!(
+                runtimes_of(rep, "openblas")
+                    .iter()
+                    .any(|o| o["regions"].as_u64().unwrap() > 0),
+                "{method}: its BLAS calls were sized from the ledger: {rep}"
+            );
+        }
+    }
+    assert_eq!(
+        digests,
+        [base.get("digest"), base.get("digest")],
+        "the plain results"
+    );
+}
+
+#[test]
+fn dask_pre_spawn_environ_alone_preloads_the_workers_into_one_named_ledger() {
+    // The route for workers whose command cannot be wrapped: the driver runs
+    // without the shim; Dask's Nanny applies pre-spawn-environ to os.environ
+    // right before it spawns each worker process, whose exec loads the shim.
+    let base = cmd(&python(), &[&py("dask_blas.py"), "2"])
+        .timeout(240)
+        .run();
+    base.ok();
+    let r = cmd(&python(), &[&py("dask_blas.py"), "2", "config"])
+        .env("PYTHONPATH", &root().join("python").display().to_string())
+        .env("PARBUDGET_LIB", &shim().display().to_string())
+        .timeout(240)
+        .run();
+    r.ok();
+    assert_eq!(
+        r.int("driver_preloaded"),
+        0,
+        "only the workers get the shim"
+    );
+    assert_eq!(r.get("digest"), base.get("digest"));
+    assert_eq!(r.int("worker_pids"), 2);
+    let ledgers = r.get("ledgers");
+    assert!(
+        ledgers.starts_with("/parbudget-dasktest-") && !ledgers.contains(','),
+        "both workers in the one named ledger: {ledgers}"
+    );
+    assert!(r.int("max_members") >= 2, "{}", r.stdout);
+    assert_eq!(
+        r.get("worker_openblas_env"),
+        "unset",
+        "Dask's static 1 left out: the ledger sizes the calls"
+    );
+}

@@ -2,7 +2,12 @@
 tasks: one alone, then N at once. Prints each phase's seconds, a digest of
 the results, and what each worker process saw of the shim: its ledger name
 and members (from the shim's own live report, when it is loaded there).
-usage: dask_blas.py [N]   (N tasks at once, default 4)"""
+usage: dask_blas.py [N [config]]   (N tasks at once, default 4)
+  config: the driver runs without the shim and gives it to the workers only
+          through Dask's distributed.nanny.pre-spawn-environ (the Nanny puts it
+          in os.environ right before it spawns the worker process): the
+          variables of parbudget.environ(cores=2), one PARBUDGET_LEDGER name,
+          and Dask's own OMP/MKL/OPENBLAS_NUM_THREADS=1 left out"""
 import ctypes
 import hashlib
 import json
@@ -43,7 +48,17 @@ def task(seed):
 
 
 if __name__ == "__main__":
+    import dask
     from dask.distributed import Client, LocalCluster
+
+    named = None
+    if len(sys.argv) > 2 and sys.argv[2] == "config":
+        import parbudget
+
+        named = "/parbudget-dasktest-%d" % os.getpid()
+        env = {"MALLOC_TRIM_THRESHOLD_": "65536", **parbudget.environ(cores=2), "PARBUDGET_LEDGER": named}
+        dask.config.set({"distributed.nanny.pre-spawn-environ": env})
+        print("driver_preloaded=%d" % int(hasattr(ctypes.CDLL(None), "parbudget_report_json")))
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
         client.submit(task, 99).result()  # warm: workers import numpy
@@ -59,3 +74,8 @@ if __name__ == "__main__":
         print("ledgers=%s" % ",".join(sorted({r[2] or "-" for r in res})))
         print("max_members=%d" % max(r[3] for r in res))
         print("worker_openblas_env=%s" % ",".join(sorted({r[4] or "unset" for r in res})))
+    if named:
+        try:
+            os.unlink("/dev/shm" + named)  # a chosen name outlives its members
+        except FileNotFoundError:
+            pass
