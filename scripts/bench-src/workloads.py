@@ -27,6 +27,14 @@ per process).
                                  (task_ms_median), the workers' mean team, and child_hung=1
                                  when the pool did not finish within FORK_WAIT s;
                                  BENCH_START_METHOD overrides METHOD
+  dask_blas    TASKS REPS         Dask LocalCluster(n_workers=2, threads_per_worker=1);
+                                 REPS times, TASKS tasks at once, each 8 chained
+                                 1000x1000 matmuls; work_s = median seconds of one
+                                 batch (cluster start-up and imports excluded);
+                                 checksum of all results
+  halving                        HalvingGridSearchCV(HistGradientBoostingClassifier(),
+                                 12 candidates, n_jobs=2) on 4000x20 (loky workers);
+                                 work_s = the fit; checksum = best params and score
 """
 import os
 import sys
@@ -228,6 +236,68 @@ def fork_pool(method, tasks, regions, length, path):
     print("parent_after_team=%d" % lib.fix_team(2))
 
 
+def _median(v):
+    v = sorted(v)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def _dask_task(seed):
+    # the issue's task: 8 chained 1000x1000 matmuls (bitwise equal on 1 or 2
+    # OpenBLAS threads at this size)
+    import hashlib
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    a = rng.random((1000, 1000))
+    b = a
+    for _ in range(8):
+        b = (a @ b) / 1000.0
+    return hashlib.sha256(b.tobytes()).hexdigest()[:16]
+
+
+def _dask_warm():
+    import numpy as np
+    a = np.ones((500, 500))
+    return float((a @ a)[0, 0])
+
+
+def dask_blas(tasks, reps):
+    import hashlib
+    import time
+    from dask.distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.run(_dask_warm)  # both workers import numpy and start their BLAS pool
+        times, out = [], []
+        for r in range(reps):
+            t0 = time.perf_counter()
+            out += client.gather([client.submit(_dask_task, r * tasks + s, pure=False) for s in range(tasks)])
+            times.append(time.perf_counter() - t0)
+        env = client.run(lambda: os.environ.get("OPENBLAS_NUM_THREADS", "unset"))
+    print("tasks=%d\nreps=%d\nbatches_s=%s\nwork_s=%.4f" % (tasks, reps, ",".join("%.3f" % t for t in times),
+                                                          _median(times)))
+    print("worker_openblas_env=%s" % ",".join(sorted(set(env.values()))))
+    print("checksum=%s" % hashlib.sha256(",".join(out).encode()).hexdigest()[:16])
+
+
+def halving():
+    import time
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+    from sklearn.model_selection import HalvingGridSearchCV
+    x, y = make_classification(n_samples=4000, n_features=20, n_informative=10, random_state=0)
+    grid = {"learning_rate": [0.05, 0.1, 0.2], "max_leaf_nodes": [15, 31], "max_iter": [50, 100]}
+    search = HalvingGridSearchCV(HistGradientBoostingClassifier(random_state=0), grid, n_jobs=2,
+                                 random_state=0)
+    t0 = time.perf_counter()
+    search.fit(x, y)
+    work = time.perf_counter() - t0
+    print("candidates=%d\nwork_s=%.4f" % (search.n_candidates_[0], work))
+    print("best_score=%r" % float(search.best_score_))
+    print("checksum=%s/%r" % (sorted(search.best_params_.items()), float(search.best_score_)))
+
+
 if __name__ == "__main__":
     name, args = sys.argv[1], sys.argv[2:]
     if name == "blas_threads":
@@ -242,5 +312,9 @@ if __name__ == "__main__":
         hgb_threads(*map(int, args))
     elif name == "fork_pool":
         fork_pool(args[0], *map(int, args[1:4]), args[4])
+    elif name == "dask_blas":
+        dask_blas(*map(int, args))
+    elif name == "halving":
+        halving()
     else:
         sys.exit("unknown workload " + name)
