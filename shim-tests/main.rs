@@ -19,3 +19,4 @@ mod real_libs;
 mod reports;
 mod signals;
 mod scale_out;
+mod scaling;
