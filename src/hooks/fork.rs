@@ -120,7 +120,7 @@ extern "C" fn child() {
         SERIAL.with(|s| s.set(s.get() | MASTER_OF.with(|m| m.get())));
     }
     runtime::reset_writer_in_child();
-    let cores = crate::init::ready().map_or(1, |s| s.budget.cores);
+    let cores = crate::init::ready().map_or(1, |s| s.cap().cores);
     crate::ledger::reset_in_child(cores, super::grant::held_here());
     process::remember_pid();
     super::threads::reset_in_child();
