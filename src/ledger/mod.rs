@@ -136,6 +136,11 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
     reset_attach_in_child();
 }
 
+/// True when `at_exit` has something to give back (reads only).
+pub fn holds_slot() -> bool {
+    shared::holds_slot()
+}
+
 /// At exit (and `_exit`): give our share back. The last member to leave a
 /// ledger whose name we generated removes the name; a name the user chose
 /// stays (it is reused, and dead members' slots are reclaimed).

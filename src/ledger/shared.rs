@@ -538,6 +538,12 @@ pub fn leave_tree() -> bool {
     no_live_member(l.h) && !guard::is_lost(LEDGER)
 }
 
+/// True when this process holds a slot (reads only: for `_exit`, which has
+/// nothing to give back otherwise).
+pub fn holds_slot() -> bool {
+    mine().is_some()
+}
+
 /// True when every slot is free or belongs to a dead process.
 fn no_live_member(h: &Header) -> bool {
     h.slots.iter().all(|s| {
