@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The ledger's size and field offsets (src/ledger/layout.rs, checked by
 /// its unit test `layout_is_what_the_tests_and_readers_assume`).
-const SIZE: usize = 8272;
+const SIZE: usize = 10320;
 const VERSION_AT: usize = 8;
 const SIZE_FIELD_AT: usize = 12;
 const BUDGET_AT: usize = 16;
@@ -131,7 +131,7 @@ echo room_bytes=$(( $(stat -c '%b * %B' /dev/shm/parbudget-room) ))
         assert_eq!(lines.len(), 1, "{case}: one line:\n{err}");
         assert!(
             lines[0].contains("WARN ledger_fallback")
-                && lines[0].contains("no space to reserve its 8272 bytes")
+                && lines[0].contains("no space to reserve its 10320 bytes")
                 && lines[0].contains("a ledger for this process only"),
             "{case}: {err}"
         );
@@ -256,18 +256,18 @@ fn a_ledger_shrunk_zeroed_overwritten_grown_or_renamed_over_crashes_none() {
         ),
         (
             "zeroed",
-            "dd if=/dev/zero of=/dev/shm$N bs=8272 count=1 conv=notrunc 2>/dev/null",
+            "dd if=/dev/zero of=/dev/shm$N bs=10320 count=1 conv=notrunc 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         (
             "overwritten",
-            "head -c 8272 /dev/urandom | dd of=/dev/shm$N bs=8272 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
+            "head -c 10320 /dev/urandom | dd of=/dev/shm$N bs=10320 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         ("grown", "truncate -s 1M /dev/shm$N", None),
         (
             "renamed",
-            "head -c 8272 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
+            "head -c 10320 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
             None,
         ),
     ];
@@ -347,7 +347,8 @@ LD_PRELOAD=$SHIM "$FIX/omp_teams_gcc" 0 > $D/{case}-later.out 2> $D/{case}-later
 }
 
 /// Python under faulthandler (pytest turns it on): faulthandler's handler,
-/// installed after ours, catches the fault first, prints its traceback and
+/// installed after ours (ours comes with the ledger, at the first region;
+/// the program enables faulthandler after its first region), catches the fault first, prints its traceback and
 /// re-raises it; ours then contains it and the program completes. A bus
 /// error of the program's own still ends it with SIGBUS, with or without
 /// faulthandler.
@@ -360,7 +361,8 @@ fn sigbus_under_python_faulthandler_and_the_hosts_own_bus_errors() {
     // happens while it runs, whatever the machine's load.
     let stop = dir.join("stop");
     let code = format!(
-        "import ctypes, os\nlib = ctypes.CDLL('{}')\nteams = regions = 0\n\
+        "import ctypes, faulthandler, os\nlib = ctypes.CDLL('{}')\nteams = lib.fix_regions(1, 256)\nregions = 1\n\
+         faulthandler.enable()\n\
          while regions < 20000 or not os.path.exists('{}'):\n    teams += lib.fix_regions(500, 256)\n    regions += 500\n\
          print('teams=%d' % teams)\nprint('regions=%d' % regions)",
         fixture("libregions.so"),
@@ -370,7 +372,7 @@ fn sigbus_under_python_faulthandler_and_the_hosts_own_bus_errors() {
         r#"
 D={d}
 export N={name} PARBUDGET_LEDGER={name} PARBUDGET_CORES=1
-LD_PRELOAD=$SHIM "{py}" -X faulthandler -c "$CODE" > $D/py.out 2> $D/py.err & a=$!
+LD_PRELOAD=$SHIM "{py}" -c "$CODE" > $D/py.out 2> $D/py.err & a=$!
 set -- 1
 {wait}
 truncate -s 0 /dev/shm$N
@@ -492,15 +494,15 @@ fn each_refused_ledger_is_named_in_one_line_and_the_process_runs_alone() {
         (
             "version",
             Make::Bytes(
-                patched(good.clone(), VERSION_AT, &2u32.to_ne_bytes()),
+                patched(good.clone(), VERSION_AT, &1u32.to_ne_bytes()),
                 0o600,
             ),
-            "version 2, expected 1",
+            "version 1, expected 2",
         ),
         (
             "size",
             Make::Bytes([good.clone(), vec![0]].concat(), 0o600),
-            "wrong size 8273, expected 8272",
+            "wrong size 10321, expected 10320",
         ),
         (
             "size_field",

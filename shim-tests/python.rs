@@ -264,8 +264,9 @@ fn joblib_loky_workers_join_the_ledger_and_compute_the_plain_results() {
             .find(|x| x["pid"].as_i64() == Some(*w))
             .unwrap_or_else(|| panic!("worker {w} wrote no report: {reps:?}"));
         assert_eq!(rep["ledger"]["scope"], "tree", "{rep}");
-        assert!(
-            rep["ledger"]["members"].as_u64().unwrap() >= 2,
+        assert_eq!(rep["ledger"]["joined"], true, "{rep}");
+        assert_eq!(
+            rep["ledger"]["name"], reps[0]["ledger"]["name"],
             "the worker shares the parent's ledger: {rep}"
         );
         assert!(
@@ -308,7 +309,8 @@ fn dask_local_cluster_workers_share_one_ledger_and_compute_the_plain_results() {
         ledgers.starts_with("/parbudget-") && !ledgers.contains(','),
         "every worker in one ledger: {ledgers}"
     );
-    assert!(r.int("max_members") >= 3, "{}", r.stdout);
+    // The two workers (the client joins only when it runs BLAS itself).
+    assert!(r.int("max_members") >= 2, "{}", r.stdout);
     // Dask's static OPENBLAS_NUM_THREADS=1 is lifted: the ledger sizes calls.
     assert_eq!(r.get("worker_openblas_env"), "unset");
     assert_eq!(base.get("worker_openblas_env"), "1");

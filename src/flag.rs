@@ -47,7 +47,10 @@ impl Flag {
 
     /// Atfork child handler: the holder does not exist in the child.
     pub fn reset_in_child(&self) {
-        self.0.store(false, Relaxed);
+        // Only when taken: a child copies every page it writes.
+        if self.0.load(Relaxed) {
+            self.0.store(false, Relaxed);
+        }
     }
 }
 

@@ -22,10 +22,32 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static SETTINGS: OnceLock<Settings> = OnceLock::new();
 
 pub struct Settings {
+    /// This process's own budget. The team cap is `cores()`: the tree's
+    /// budget when that is smaller (known once the tree's ledger is joined).
     pub budget: Budget,
     pub fork: ForkPolicy,
     pub report: Option<Vec<u8>>,
     pub report_signal: Option<libc::c_int>,
+}
+
+impl Settings {
+    /// The team cap, for a region, BLAS call or query: joins the tree's
+    /// ledger first if that is still to do (the cap may be the tree's).
+    pub fn cores(&self) -> u32 {
+        ledger::ensure_attached();
+        self.cap().cores
+    }
+
+    /// The cap as known now, joining nothing (reports, fork handlers).
+    pub fn cap(&self) -> Budget {
+        match ledger::tree_cap() {
+            Some((tree, src)) if tree < self.budget.cores => Budget {
+                cores: tree,
+                source: Source::from_code(src),
+            },
+            _ => self.budget,
+        }
+    }
 }
 
 thread_local! {
@@ -164,21 +186,7 @@ fn read_settings() -> Settings {
             }
         },
     };
-    let (cores, adopted) = ledger::setup(scope, budget.cores, budget.source as u32);
-    let budget = match adopted {
-        Some(src) => Budget {
-            cores,
-            source: Source::from_code(src),
-        },
-        None => budget,
-    };
-    if adopted.is_some() {
-        info!(
-            "budget cores={} source={} via=tree",
-            budget.cores,
-            budget.source.name()
-        );
-    }
+    ledger::setup(scope, budget.cores, budget.source as u32);
 
     crate::exportenv::export(budget.cores, budget::affinity_cpus());
     crate::exportenv::export_spin();

@@ -4,12 +4,30 @@
 
 use crate::stackbuf::StackBuf;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicI32, Ordering::Relaxed};
+use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::Relaxed};
 
-/// Our pid as last known by init or the child handler. A process whose
-/// `getpid()` differs is a vfork child sharing our memory: nothing may be
-/// written there (see `report`).
-static KNOWN_PID: AtomicI32 = AtomicI32::new(0);
+/// The words a forked child must write at once: its pid, and the fork
+/// gate's counts (runtime::loader). Every page a child writes is copied for
+/// it, so they share one cache line: one page copied, not three. Every other
+/// child-side reset writes only where a value changes.
+#[repr(C, align(64))]
+pub struct ForkWords {
+    /// Our pid as last known by init or the child handler. A process whose
+    /// `getpid()` differs is a vfork child sharing our memory: nothing may be
+    /// written there (see `report`).
+    pub pid: AtomicI32,
+    /// Walks of the loader's object list in flight (runtime::loader).
+    pub walkers: AtomicU32,
+    /// Forks being prepared (runtime::loader).
+    pub forkers: AtomicU32,
+}
+
+pub static FORK_WORDS: ForkWords = ForkWords {
+    pid: AtomicI32::new(0),
+    walkers: AtomicU32::new(0),
+    forkers: AtomicU32::new(0),
+};
+static KNOWN_PID: &AtomicI32 = &FORK_WORDS.pid;
 
 /// Records our pid (init, and the atfork child handler: getpid is
 /// async-signal-safe).

@@ -132,8 +132,8 @@ fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
         "{{\"pid\":{},\"ppid\":{},\"budget\":{},\"budget_source\":\"{}\",\"fork_policy\":\"{}\",\"runtimes\":[",
         pid,
         ppid,
-        s.budget.cores,
-        s.budget.source.name(),
+        s.cap().cores,
+        s.cap().source.name(),
         s.fork.name()
     )?;
     for (i, c) in runtime::copies() {
@@ -159,8 +159,10 @@ fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
     let a = crate::ledger::audit();
     write!(
         o,
-        "],\"ledger\":{{\"scope\":\"{}\",\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{}}}",
-        if a.shared { "tree" } else { "process" },
+        "],\"ledger\":{{\"scope\":\"{}\",\"joined\":{},\"name\":{},\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{}}}",
+        if a.shared || a.pending { "tree" } else { "process" },
+        a.shared,
+        Js(crate::ledger::name().filter(|_| a.shared || a.pending).unwrap_or(b"")),
         a.budget,
         a.used,
         a.members,
@@ -192,8 +194,8 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
         o,
         "parbudget[{}] report: budget {} cores (from {}), fork policy {}",
         pid,
-        s.budget.cores,
-        s.budget.source.name(),
+        s.cap().cores,
+        s.cap().source.name(),
         s.fork.name()
     )?;
     writeln!(

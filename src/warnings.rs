@@ -62,7 +62,9 @@ pub fn add_warning_fmt(kind: &'static str, msg: fmt::Arguments<'_>) {
 /// Atfork child handler: the child's report lists the child's own warnings
 /// (an atomic store; a slot being written by a vanished thread is dropped).
 pub fn reset_in_child() {
-    WARNINGS.count.store(0, Relaxed);
+    if WARNINGS.count.load(Relaxed) != 0 {
+        WARNINGS.count.store(0, Relaxed);
+    }
     WARNINGS.writer.reset_in_child();
 }
 

@@ -700,7 +700,7 @@ fn read_ledger(name: &str) -> Result<Value, String> {
     Ok(serde_json::json!({
         "name": format!("/{}", name.trim_start_matches('/')),
         "budget": u32_at(core::mem::offset_of!(layout::Header, budget)),
-        "used": u32_at(core::mem::offset_of!(layout::Header, used)),
+        "used": u32_at(core::mem::offset_of!(layout::Header, used)) & !layout::FENCE,
         "held_by_members": held_sum,
         "members": members,
     }))

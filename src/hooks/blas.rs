@@ -58,7 +58,7 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         let config = c.blas_config.load(Relaxed);
         // OpenBLAS splits each call's work by the count it reads when the
         // call starts: any size is correct, so the call gets what fits.
-        let g = grant::take(Some(c), config, s.budget.cores, false);
+        let g = grant::take(Some(c), config, s.cores(), false);
         if g.team() != cur {
             c.set_threads(g.team());
         }
@@ -66,7 +66,7 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         debug!(
             "blas_grant symbol={} ceiling={} team={}",
             Quoted(name.to_bytes()),
-            config.min(s.budget.cores),
+            config.min(s.cores()),
             g.team()
         );
         g

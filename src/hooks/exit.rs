@@ -31,7 +31,13 @@ pub fn install() {
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn _exit(status: libc::c_int) -> ! {
     // Possibly inside a signal handler: nothing that takes the loader's lock.
-    fenced((), || on_exit(false));
+    // Most `_exit`s (a forked child that ran no region, with no report to
+    // write) have nothing to do: they are told by reads only, so such a child
+    // writes no page of ours on its way out.
+    let report = crate::init::ready().is_some_and(|s| s.report.is_some());
+    if report || crate::ledger::holds_slot() {
+        fenced((), || on_exit(false));
+    }
     let real = EXIT.get();
     if real != 0 {
         // SAFETY: glibc's _exit, with its signature.

@@ -116,16 +116,22 @@ extern "C" fn parent() {
 extern "C" fn child() {
     crate::runtime::loader::reset_in_child();
     // Flags only: see the protocol above.
-    if child_protected() {
-        SERIAL.with(|s| s.set(s.get() | MASTER_OF.with(|m| m.get())));
+    // Each reset below writes only where a value changes: a child copies
+    // every page it writes, and most children (fork + exec, fork + _exit)
+    // never run a region.
+    let master_of = MASTER_OF.with(|m| m.get());
+    if master_of != 0 && child_protected() {
+        SERIAL.with(|s| s.set(s.get() | master_of));
     }
     runtime::reset_writer_in_child();
-    let cores = crate::init::ready().map_or(1, |s| s.budget.cores);
+    let cores = crate::init::ready().map_or(1, |s| s.cap().cores);
     crate::ledger::reset_in_child(cores, super::grant::held_here());
     process::remember_pid();
     super::threads::reset_in_child();
     crate::warnings::reset_in_child();
-    WARNED.store(0, Relaxed);
+    if WARNED.load(Relaxed) != 0 {
+        WARNED.store(0, Relaxed);
+    }
 }
 
 pub fn install_atfork() {

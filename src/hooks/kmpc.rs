@@ -23,7 +23,7 @@ unsafe extern "C-unwind" fn kmpc_push_num_threads(loc: *mut c_void, gtid: i32, n
     let ret = take_caller();
     let settings = super::ensure();
     let t = super::resolve_or_abort(ret, Hook::__kmpc_push_num_threads);
-    let budget = settings.map_or(i32::MAX, |s| s.budget.cores.min(i32::MAX as u32) as i32);
+    let budget = settings.map_or(i32::MAX, |s| s.cores().min(i32::MAX as u32) as i32);
     let n2 = fenced(n, || {
         if let Some(c) = t.copy.and_then(runtime::copy) {
             c.stats.note_request(n.max(0) as u32);
@@ -108,7 +108,7 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         if c.nested_inactive() {
             return Grant::default();
         }
-        let cap = s.budget.cores;
+        let cap = s.cores();
         let (asked, exact) = entitlement(
             pushed,
             Shape::Plain,

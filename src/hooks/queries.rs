@@ -45,7 +45,7 @@ unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
         if let Some(p) = grant::promised() {
             return p as c_int;
         }
-        let want = (own.max(1) as u32).min(s.budget.cores);
+        let want = (own.max(1) as u32).min(s.cores());
         let n = grant::would_grant(want);
         grant::promise(n);
         n as c_int
@@ -67,7 +67,7 @@ unsafe extern "C-unwind" fn omp_get_thread_limit_hook() -> c_int {
         if t.copy.is_some_and(fork::serial_here) {
             return 1;
         }
-        own.min(s.budget.cores.min(c_int::MAX as u32) as c_int)
+        own.min(s.cores().min(c_int::MAX as u32) as c_int)
             .max(1)
     })
 }

@@ -109,7 +109,7 @@ fn enter(ret: usize, hook: Hook, requested: c_uint, shape: Shape) -> Entry {
         let Some(s) = settings else {
             return passthrough;
         };
-        let cap = s.budget.cores;
+        let cap = s.cores();
         let (asked, exact) = entitlement(
             requested,
             shape,
@@ -246,7 +246,7 @@ fn limit(ret: usize, hook: Hook, thread_limit: c_uint) -> (usize, c_uint) {
     let settings = super::ensure();
     let t = resolve_or_abort(ret, hook);
     let l = fenced(thread_limit, || {
-        let budget = settings.map_or(u32::MAX, |s| s.budget.cores);
+        let budget = settings.map_or(u32::MAX, |s| s.cores());
         if t.copy.is_some_and(fork::serial_here) {
             1
         } else {

@@ -20,7 +20,7 @@ fn clamp(ret: usize, hook: Hook, n: i64) -> (Option<Target>, i64) {
         let Some(s) = settings else {
             return (Some(target), n);
         };
-        let budget = i64::from(s.budget.cores);
+        let budget = i64::from(s.cores());
         let copy = target.copy.and_then(runtime::copy);
         if let Some(c) = copy {
             c.stats.note_request(n.clamp(0, i64::from(u32::MAX)) as u32);

@@ -677,12 +677,22 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, c
 /// making is not finished in the child (that thread does not exist here),
 /// and no thread of the child holds the ledger's lock. Flags only.
 pub fn reset_in_child() {
+    // Each store only where the value changes (a child copies every page it
+    // writes; even a failed compare-and-swap is a write to the MMU).
     for g in &REGIONS {
-        let _ = g.state.compare_exchange(SWAPPING, INTACT, SeqCst, SeqCst);
+        if g.state.load(SeqCst) == SWAPPING {
+            let _ = g.state.compare_exchange(SWAPPING, INTACT, SeqCst, SeqCst);
+        }
     }
-    HOLDER_TID.store(0, SeqCst);
-    HOLDER_SEQ.store(0, SeqCst);
-    TID.with(|t| t.set(0));
+    if HOLDER_TID.load(SeqCst) != 0 {
+        HOLDER_TID.store(0, SeqCst);
+    }
+    if HOLDER_SEQ.load(SeqCst) != 0 {
+        HOLDER_SEQ.store(0, SeqCst);
+    }
+    if TID.with(|t| t.get()) != 0 {
+        TID.with(|t| t.set(0));
+    }
 }
 
 #[cfg(test)]

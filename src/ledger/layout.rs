@@ -10,7 +10,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PBLEDGR1");
 /// The first seven bytes of every version of our magic: a file that has them
 /// but not MAGIC is a ledger of another format, not garbage.
 const MAGIC_FAMILY: &[u8; 7] = b"PBLEDGR";
-pub const VERSION: u32 = 1;
+/// 2: `used` carries FENCE, and each slot has an in-flight count (`busy`).
+pub const VERSION: u32 = 2;
 pub const SLOTS: usize = 512;
 /// Threads one slot (or the whole ledger) may hold: callers always run and
 /// promised teams are kept over the budget, so this is a sanity bound only.
@@ -31,6 +32,10 @@ pub struct Slot {
     pub start_time: AtomicU64,
 }
 
+/// A bit of `used`, set while a member rebuilds `used` from the slots (see
+/// shared.rs): no count may change under it.
+pub const FENCE: u32 = 1 << 31;
+
 #[repr(C)]
 pub struct Header {
     pub magic: u64,
@@ -44,6 +49,10 @@ pub struct Header {
     pub used: AtomicU32,
     pub _pad2: AtomicU32,
     pub slots: [Slot; SLOTS],
+    /// Per slot: its process's updates of `used` and `held` in flight right
+    /// now (lock-free; shared.rs). Any value passes validation: it is only
+    /// ever waited on, with a deadline, for live members.
+    pub busy: [AtomicU32; SLOTS],
 }
 
 pub const SIZE: usize = core::mem::size_of::<Header>();
@@ -174,7 +183,7 @@ pub fn check(img: &[u8], lock_kind: Option<i32>) -> Result<(), Invalid> {
     // `used` may exceed the budget (callers always run), but not by more
     // than every slot's share of a sane process.
     let used = u32_at(img, offset_of!(Header, used));
-    if used > MAX_HELD {
+    if used & !FENCE > MAX_HELD {
         return Err(Invalid::Used(used));
     }
     let slots = offset_of!(Header, slots);
@@ -325,6 +334,9 @@ pub mod tests {
             assert!(line.contains(text), "{line:?} should say {text:?}");
             assert!(!line.contains('\n'));
         }
+        // A rebuild in progress (or one whose maker died) is not a defect.
+        let fenced = with(v(), offset_of!(Header, used), &(3 | FENCE).to_ne_bytes());
+        assert_eq!(check(&fenced, Some(KIND)), Ok(()));
         // Without a known lock kind the mutex is not judged.
         let odd = with(v(), LOCK_OFFSET + KIND_IN_MUTEX, &0i32.to_ne_bytes());
         assert_eq!(check(&odd, None), Ok(()));
@@ -363,7 +375,7 @@ pub mod tests {
                 && (1..=MAX_BUDGET).contains(&u32_at(&img, 16))
                 && u32_at(&img, 20) <= MAX_SOURCE
                 && i32_at(&img, LOCK_OFFSET + KIND_IN_MUTEX) == KIND
-                && u32_at(&img, offset_of!(Header, used)) <= MAX_HELD
+                && u32_at(&img, offset_of!(Header, used)) & !FENCE <= MAX_HELD
                 && (0..SLOTS).all(|i| {
                     let s = offset_of!(Header, slots) + i * 16;
                     (0..=MAX_PID).contains(&i32_at(&img, s)) && u32_at(&img, s + 4) <= MAX_HELD

@@ -45,6 +45,17 @@ impl Ledger {
         self.used.store(held_here, Release);
     }
 
+    /// As `reset`, in a forked child: stores only what differs, so a child
+    /// of an idle process writes (and copies) no page here.
+    pub fn reset_if_changed(&self, cores: u32, held_here: u32) {
+        if self.cores.load(Relaxed) != cores.max(1) {
+            self.cores.store(cores.max(1), Relaxed);
+        }
+        if self.used.load(Relaxed) != held_here {
+            self.used.store(held_here, Release);
+        }
+    }
+
     /// A caller enters a region wanting `want` extra workers: counts the
     /// caller and grants what fits. Returns the extras granted.
     #[cfg(test)]

@@ -22,7 +22,9 @@ use local::Ledger;
 pub use local::{Entered, team};
 
 use crate::stackbuf::{Quoted, StackBuf};
+use core::cell::{Cell, UnsafeCell};
 use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering::*};
 use log::{info, warn};
 
 /// The per-process ledger: used with PARBUDGET_SCOPE=process, or when the
@@ -37,6 +39,7 @@ static LOCAL: Ledger = Ledger::new();
 /// is false for a region nested on a thread already counted by an enclosing
 /// region (it must not count twice).
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
+    ensure_attached();
     match shared::enter(want, need, count_caller) {
         Some(e) => {
             LOCAL.add_used(e.extras + u32::from(count_caller));
@@ -82,6 +85,9 @@ pub struct Audit {
     pub members: u32,
     /// Threads this process holds.
     pub held_here: u32,
+    /// The tree's ledger is planned but not joined yet (this process ran no
+    /// region, BLAS call or query so far): the numbers are this process's.
+    pub pending: bool,
 }
 
 pub fn audit() -> Audit {
@@ -93,11 +99,19 @@ pub fn audit() -> Audit {
             used,
             members: 1,
             held_here: used,
+            pending: matches!(ATTACH.load(Acquire), NOT_YET | ATTACHING),
         }
     })
 }
 
+/// The tree ledger's name, with the tree scope (joined or not yet).
+pub fn name() -> Option<&'static [u8]> {
+    // SAFETY: written once by setup before ATTACH left OFF (Acquire).
+    (ATTACH.load(Acquire) != OFF).then(|| unsafe { (*PLAN_NAME.0.get()).as_bytes() })
+}
+
 pub fn free() -> u32 {
+    ensure_attached();
     shared::free_now().unwrap_or_else(|| {
         tell_loss();
         LOCAL.free()
@@ -107,16 +121,24 @@ pub fn free() -> u32 {
 /// Free threads, for a query that would like `want`: dead members of the
 /// tree are reclaimed first when that many are not free.
 pub fn free_for(want: u32) -> u32 {
+    ensure_attached();
     shared::free_for(want).unwrap_or_else(|| {
         tell_loss();
         LOCAL.free()
     })
 }
 
-/// Atfork child handler: flags and atomic stores only.
+/// Atfork child handler: flags and atomic stores only, each made only where
+/// the value changes (every page a child writes is copied for it).
 pub fn reset_in_child(cores: u32, held_here: u32) {
-    LOCAL.reset(cores, held_here);
+    LOCAL.reset_if_changed(cores, held_here);
     shared::forget_slot_in_child();
+    reset_attach_in_child();
+}
+
+/// True when `at_exit` has something to give back (reads only).
+pub fn holds_slot() -> bool {
+    shared::holds_slot()
 }
 
 /// At exit (and `_exit`): give our share back. The last member to leave a
@@ -142,58 +164,145 @@ pub enum Scope {
     Process,
 }
 
-/// Sets up the ledger at init and returns this process's team cap: its own
-/// budget, or the tree's when that is smaller (then with the tree's source).
-/// A member whose own budget is smaller (narrowed by taskset, or an explicit
-/// PARBUDGET_CORES) keeps it as its cap while counting in the tree's ledger.
-pub fn setup(scope: Scope, cores: u32, source_code: u32) -> (u32, Option<u32>) {
+/// Where attaching to the tree's ledger stands. Init only decides the name;
+/// the segment is opened (or created), validated and mapped at the first
+/// region, BLAS call or thread-count query that needs it, so a process that
+/// never runs one (`python -c pass`, a forked child that only execs or
+/// exits) does no ledger work: no /dev/shm scan, no segment, no slot.
+const OFF: u8 = 0;
+const NOT_YET: u8 = 1;
+const ATTACHING: u8 = 2;
+const DONE: u8 = 3;
+
+static ATTACH: AtomicU8 = AtomicU8::new(OFF);
+/// The plan init made: our own budget and its source (a creator writes them
+/// into the segment), and whether the name is one we generated.
+static PLAN_CORES: AtomicU32 = AtomicU32::new(1);
+static PLAN_SOURCE: AtomicU32 = AtomicU32::new(0);
+static PLAN_GENERATED: AtomicBool = AtomicBool::new(false);
+/// The tree's budget once attached, when it is smaller than ours (0: none).
+static TREE_CAP: AtomicU32 = AtomicU32::new(0);
+static TREE_SOURCE: AtomicU32 = AtomicU32::new(0);
+
+/// The ledger's name. Written once by `setup` (init, before ATTACH leaves
+/// OFF with Release), read only after.
+struct Plan(UnsafeCell<StackBuf<256>>);
+// SAFETY: see above: one write before publication, reads after.
+unsafe impl Sync for Plan {}
+static PLAN_NAME: Plan = Plan(UnsafeCell::new(StackBuf::new()));
+
+thread_local! {
+    /// This thread is attaching (a hook reached from inside the attach).
+    static ATTACHING_HERE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// At init: the per-process ledger gets our budget, and with the tree scope
+/// the shared ledger's name is decided and exported to children. Nothing is
+/// opened here (see ATTACH).
+pub fn setup(scope: Scope, cores: u32, source_code: u32) {
     LOCAL.reset(cores, 0);
     if scope == Scope::Process {
-        return (cores, None);
+        return;
     }
-    let name = match crate::config::getenv(c"PARBUDGET_LEDGER") {
+    let (name, generated) = match crate::config::getenv(c"PARBUDGET_LEDGER") {
         Some(n)
             if n.as_bytes().starts_with(b"/")
                 && n.len() < 200
                 && !n.as_bytes()[1..].contains(&b'/') =>
         {
-            n
+            let generated = is_generated(n.as_bytes());
+            (n, generated)
         }
         Some(bad) => {
             warn!(
                 "bad_env var=PARBUDGET_LEDGER value={} using=\"a new ledger for this tree\" reason=\"expected a name like /parbudget-myjob (one leading slash, no other)\"",
                 Quoted(bad.as_bytes())
             );
-            new_name()
+            (new_name(), true)
         }
-        None => {
-            cleanup_stale();
-            new_name()
-        }
+        None => (new_name(), true),
     };
-    match shared::attach(name.as_bytes(), cores, source_code) {
+    if let Some(c) = name.clone().as_cstr() {
+        // SAFETY: NUL-terminated strings; at init, before the program's own
+        // threads read the environment. Children inherit the name.
+        unsafe { libc::setenv(c"PARBUDGET_LEDGER".as_ptr(), c.as_ptr(), 1) };
+    }
+    // SAFETY: the one write, before ATTACH is published below.
+    unsafe { (*PLAN_NAME.0.get()).push_bytes(name.as_bytes()) };
+    PLAN_CORES.store(cores, Relaxed);
+    PLAN_SOURCE.store(source_code, Relaxed);
+    PLAN_GENERATED.store(generated, Relaxed);
+    ATTACH.store(NOT_YET, Release);
+}
+
+/// Attaches to the tree's ledger if that is still to do (see ATTACH). Other
+/// threads arriving meanwhile wait for the one attaching (it takes well under
+/// a millisecond, at most ~200 ms while another process creates the segment).
+pub fn ensure_attached() {
+    if matches!(ATTACH.load(Acquire), OFF | DONE) || ATTACHING_HERE.with(|a| a.get()) {
+        return;
+    }
+    match ATTACH.compare_exchange(NOT_YET, ATTACHING, AcqRel, Acquire) {
+        Ok(_) => {
+            ATTACHING_HERE.with(|a| a.set(true));
+            // Callers are hooks, some outside their panic fence: a panic here
+            // (none is known) leaves the process on its own ledger.
+            let _ = std::panic::catch_unwind(attach_now);
+            ATTACH.store(DONE, Release);
+            ATTACHING_HERE.with(|a| a.set(false));
+        }
+        Err(_) => {
+            while ATTACH.load(Acquire) == ATTACHING {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+    }
+}
+
+fn attach_now() {
+    // SAFETY: written once by setup before ATTACH left OFF (Acquire above).
+    let name = unsafe { (*PLAN_NAME.0.get()).as_bytes() };
+    let cores = PLAN_CORES.load(Relaxed);
+    if PLAN_GENERATED.load(Relaxed) {
+        cleanup_stale();
+    }
+    match shared::attach(name, cores, PLAN_SOURCE.load(Relaxed)) {
+        Ok(tree) if tree < cores => {
+            if let Some((_, source)) = shared::budget() {
+                TREE_SOURCE.store(source, Relaxed);
+            }
+            TREE_CAP.store(tree, Release);
+            info!("budget_capped cores={} by=tree own={}", tree, cores);
+        }
         Ok(tree) => {
-            if let Some(c) = name.clone().as_cstr() {
-                // SAFETY: NUL-terminated strings; children inherit the name.
-                unsafe { libc::setenv(c"PARBUDGET_LEDGER".as_ptr(), c.as_ptr(), 1) };
-            }
-            if tree < cores {
-                info!("budget_capped cores={} by=tree own={}", tree, cores);
-                return (tree, shared::budget().map(|(_, s)| s));
-            }
             if tree > cores {
                 info!("budget_own cores={} tree={}", cores, tree);
             }
-            (cores, None)
         }
         Err(e) => {
             warn!(
                 "ledger_fallback name={} reason=\"{}\" using=\"a ledger for this process only\" advice=\"processes of this tree may together exceed the budget; set PARBUDGET_SCOPE=process to silence\"",
-                Quoted(name.as_bytes()),
+                Quoted(name),
                 e
             );
-            (cores, None)
         }
+    }
+}
+
+/// The tree's budget and its source code, when it caps ours (known once
+/// attached).
+pub fn tree_cap() -> Option<(u32, u32)> {
+    let t = TREE_CAP.load(Acquire);
+    (t != 0).then(|| (t, TREE_SOURCE.load(Relaxed)))
+}
+
+/// Atfork child: an attach another thread had in progress at the fork never
+/// finishes here; the child attaches itself when it needs to. Written only
+/// when that is the case (a child writes as few pages as it can).
+fn reset_attach_in_child() {
+    if ATTACH.load(Relaxed) == ATTACHING {
+        ATTACH.store(NOT_YET, Relaxed);
     }
 }
 

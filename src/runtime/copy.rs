@@ -43,10 +43,13 @@ impl Stats {
     }
 
     /// A forked child describes itself: counters restart there (atomic stores
-    /// only, so this is fine in the atfork child handler).
+    /// only, so this is fine in the atfork child handler; each only where
+    /// non-zero, since a child copies every page it writes).
     pub fn reset(&self) {
         for a in [&self.requested_max, &self.clamped] {
-            a.store(0, Relaxed);
+            if a.load(Relaxed) != 0 {
+                a.store(0, Relaxed);
+            }
         }
         for a in [
             &self.threads_created,
@@ -57,7 +60,9 @@ impl Stats {
             &self.cut,
             &self.over_budget,
         ] {
-            a.store(0, Relaxed);
+            if a.load(Relaxed) != 0 {
+                a.store(0, Relaxed);
+            }
         }
     }
 

@@ -65,8 +65,8 @@ use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
 /// once). A walk counts itself in, then backs off if a fork is being
 /// prepared; a fork counts itself in, then waits for the walks to drain
 /// (both sides use SeqCst, so one of them always sees the other).
-static WALKERS: AtomicU32 = AtomicU32::new(0);
-static FORKERS: AtomicU32 = AtomicU32::new(0);
+static WALKERS: &AtomicU32 = &crate::process::FORK_WORDS.walkers;
+static FORKERS: &AtomicU32 = &crate::process::FORK_WORDS.forkers;
 
 /// Runs `dl_iterate_phdr(callback, data)` unless a fork is under way.
 /// Returns false when it did not run.
@@ -105,6 +105,8 @@ pub fn open_after_fork() {
 /// Atfork child: only the forking thread exists, so no walk is in flight
 /// and no other fork is being prepared here.
 pub fn reset_in_child() {
-    WALKERS.store(0, SeqCst);
+    if WALKERS.load(SeqCst) != 0 {
+        WALKERS.store(0, SeqCst);
+    }
     FORKERS.store(0, SeqCst);
 }
