@@ -640,3 +640,48 @@ fn each_refused_ledger_is_named_in_one_line_and_the_process_runs_alone() {
         let _ = std::fs::remove_file(&good_copy);
     }
 }
+
+/// A report that cannot be written whole (its disk is full) never replaces
+/// the last one with a short file: the partial temporary file is removed,
+/// one line says so, and the program's own exit code stands.
+#[test]
+fn a_report_on_a_full_disk_is_never_left_half_written() {
+    if !root_user() {
+        eprintln!("skipped: needs root for unshare -m and mount");
+        return;
+    }
+    let dir = tempdir("hard-report-full");
+    let s = format!(
+        r#"
+set -u
+D={d}
+mkdir -p $D/mnt
+mount -t tmpfs -o size=8k tmpfs $D/mnt || exit 90
+echo previous > $D/mnt/r.json
+head -c 7000 /dev/zero > $D/mnt/fill
+LD_PRELOAD=$SHIM PARBUDGET_CORES=2 PARBUDGET_REPORT=$D/mnt/r.json "$FIX/regions_gcc" 50 4096 > $D/out 2> $D/err
+echo rc=$?
+echo report=$(cat $D/mnt/r.json)
+echo leftovers=$(ls $D/mnt | grep -c tmp)
+"#,
+        d = dir.display()
+    );
+    let r = cmd("unshare", &["-m", "sh", "-c", &s])
+        .env("SHIM", &shim().display().to_string())
+        .env("FIX", &fixtures().display().to_string())
+        .timeout(60)
+        .run();
+    r.ok();
+    assert_eq!(r.get("rc"), "0");
+    assert_checksum(&read(&dir.join("out")), 50, 4096);
+    assert_eq!(r.get("report"), "previous", "the last whole report stays");
+    assert_eq!(r.get("leftovers"), "0", "no partial file is left");
+    let err = read(&dir.join("err"));
+    let lines = lines_of_shim(&err);
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("WARN report_failed")
+            && lines[0].contains("short write"),
+        "{err}"
+    );
+}

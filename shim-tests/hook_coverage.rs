@@ -495,21 +495,13 @@ fn coverage() -> BTreeMap<String, BTreeSet<&'static str>> {
 /// scipy-openblas32/64 0.3.34 and numpy 1.26's libopenblas64_: none defines
 /// them. Each is a src/ question (delete or rename the hook), not a test one.
 fn not_defined_anywhere() -> BTreeSet<String> {
-    let mut s = BTreeSet::new();
-    // No trailing underscore: threadpoolctl's `_64` affix guess. Real
-    // libraries define the Fortran setters openblas_set_num_threads_64_
-    // (numpy 1.26) and scipy_openblas_set_num_threads_64_ (numpy 2.x), count
-    // by reference, which the shim does not hook.
-    for n in [
-        "openblas_set_num_threads_64",
-        "scipy_openblas_set_num_threads_64",
-    ] {
-        s.insert(n.to_string());
-    }
-    // FlexiBLAS: not in Debian (bookworm, bookworm-backports, trixie, sid)
-    // nor on PyPI.
-    s.insert("flexiblas_set_num_threads".to_string());
-    s
+    // None any more. Dropped hooks, for the record: `openblas_set_num_threads_64`
+    // and `scipy_openblas_set_num_threads_64` (threadpoolctl's `_64` affix
+    // guess; no library defines them: the real ILP64 setters are the `64_`
+    // forms, hooked, and the Fortran `_64_` forms, count by reference, not
+    // hooked) and `flexiblas_set_num_threads` (FlexiBLAS is neither in Debian
+    // nor on PyPI, so no test could call it against the real library).
+    BTreeSet::new()
 }
 
 /// The shim's exports that are not rows of the hook table: the libc hooks

@@ -63,7 +63,7 @@ pub fn write_stderr(bytes: &[u8]) {
 
 /// Writes all of `bytes` to `fd` with write(2), retrying short writes and
 /// EINTR; stops on any other error. Async-signal-safe.
-pub fn write_all(fd: i32, mut bytes: &[u8]) {
+pub fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
     while !bytes.is_empty() {
         // SAFETY: writes from a valid slice; a closed fd just ends the loop.
         let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
@@ -72,10 +72,14 @@ pub fn write_all(fd: i32, mut bytes: &[u8]) {
             if unsafe { *libc::__errno_location() } == libc::EINTR {
                 continue;
             }
-            return;
+            return false;
+        }
+        if n == 0 {
+            return false;
         }
         bytes = &bytes[n as usize..];
     }
+    true
 }
 
 /// Installs the logger with a filter spec already validated by

@@ -24,6 +24,8 @@ use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
 struct Out {
     fd: i32,
     buf: StackBuf<4096>,
+    /// Every byte so far reached the file (a full disk ends a report short).
+    whole: bool,
 }
 
 impl Write for Out {
@@ -32,7 +34,7 @@ impl Write for Out {
             self.flush();
         }
         if s.len() > 4000 {
-            write_all(self.fd, s.as_bytes());
+            self.whole &= write_all(self.fd, s.as_bytes());
         } else {
             self.buf.push_bytes(s.as_bytes());
         }
@@ -42,7 +44,7 @@ impl Write for Out {
 
 impl Out {
     fn flush(&mut self) {
-        write_all(self.fd, self.buf.as_bytes());
+        self.whole &= write_all(self.fd, self.buf.as_bytes());
         self.buf.clear();
     }
 }
@@ -254,6 +256,7 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
         let mut o = Out {
             fd: 2,
             buf: StackBuf::new(),
+            whole: true,
         };
         let _ = write_table(&mut o, s);
         o.flush();
@@ -293,24 +296,35 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
             0o600,
         )
     };
-    if fd < 0 {
-        let mut line = StackBuf::<1300>::new();
+    let failed = |why: &str| {
+        let mut line = StackBuf::<1400>::new();
         let _ = write!(line, "parbudget[{}] WARN report_failed path=", pid);
         line.push_bytes(c.to_bytes());
-        line.push_bytes(b"\n");
-        write_all(2, line.as_bytes());
+        let _ = writeln!(line, " reason=\"{why}\" using=\"the previous report, if any\"");
+        let _ = write_all(2, line.as_bytes());
+    };
+    if fd < 0 {
+        failed("cannot create its temporary file");
         return;
     }
     let mut o = Out {
         fd,
         buf: StackBuf::new(),
+        whole: true,
     };
     let _ = write_json(&mut o, s);
     o.flush();
-    // SAFETY: closing and renaming our own file.
+    // Only a whole report replaces the last one: a short write (a full disk)
+    // or a failed close leaves the previous report and removes the rest.
+    // SAFETY: closing, renaming or removing our own file.
     unsafe {
-        libc::close(fd);
-        libc::rename(t.as_ptr(), c.as_ptr());
+        let closed = libc::close(fd) == 0;
+        if o.whole && closed {
+            libc::rename(t.as_ptr(), c.as_ptr());
+        } else {
+            libc::unlink(t.as_ptr());
+            failed("short write: no space left for it");
+        }
     }
 }
 

@@ -89,11 +89,6 @@ setter!(
     c_int
 );
 setter!(
-    openblas_set_num_threads_64,
-    openblas_set_num_threads_64_hook,
-    c_int
-);
-setter!(
     scipy_openblas_set_num_threads,
     scipy_openblas_set_num_threads_hook,
     c_int
@@ -101,11 +96,6 @@ setter!(
 setter!(
     scipy_openblas_set_num_threads64_,
     scipy_openblas_set_num_threads64_hook,
-    c_int
-);
-setter!(
-    scipy_openblas_set_num_threads_64,
-    scipy_openblas_set_num_threads_64_hook,
     c_int
 );
 setter!(goto_set_num_threads, goto_set_num_threads_hook, c_int);
@@ -139,11 +129,6 @@ setter!(
     bli_thread_set_num_threads,
     bli_thread_set_num_threads_hook,
     i64
-);
-setter!(
-    flexiblas_set_num_threads,
-    flexiblas_set_num_threads_hook,
-    c_int
 );
 
 /// A Fortran-style setter `R name(const int *n)`: MKL's lowercase

@@ -49,10 +49,8 @@ table! {
     omp_set_num_threads,
     openblas_set_num_threads,
     openblas_set_num_threads64_,
-    openblas_set_num_threads_64,
     scipy_openblas_set_num_threads,
     scipy_openblas_set_num_threads64_,
-    scipy_openblas_set_num_threads_64,
     goto_set_num_threads,
     goto_set_num_threads64_,
     scipy_goto_set_num_threads64_,
@@ -63,7 +61,6 @@ table! {
     MKL_Set_Num_Threads_Local,
     mkl_set_num_threads_local,
     bli_thread_set_num_threads,
-    flexiblas_set_num_threads,
     // queries (hooks::queries)
     omp_get_max_threads,
     omp_get_thread_limit,

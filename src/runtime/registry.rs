@@ -260,9 +260,12 @@ pub fn confirm_pending() {
 /// Confirms one pending copy by symbols and resolves its functions. Caller
 /// holds the writer flag.
 fn confirm(index: usize, c: &RuntimeCopy) {
-    let row = rows()
-        .find(|r| r.imp == c.imp)
-        .expect("a copy's impl has a row");
+    // Every copy was registered from a row, so this always finds one; if not,
+    // the copy is refused rather than the host taken down.
+    let Some(row) = rows().find(|r| r.imp == c.imp) else {
+        c.state.store(REJECTED, Release);
+        return;
+    };
     let mut p = StackBuf::<PATH_LEN>::new();
     p.push_bytes(c.path());
     let Some(cpath) = p.as_cstr() else {
