@@ -85,6 +85,18 @@ echo joined=$(members)
 sleep 0.1
 "#;
 
+/// Runs a root-only sh script in a private mount namespace (so its tmpfs
+/// mounts vanish with it), with $SHIM and $FIX set.
+fn in_mount_namespace(script: &str) -> Run {
+    let r = cmd("unshare", &["-m", "sh", "-c", script])
+        .env("SHIM", &shim().display().to_string())
+        .env("FIX", &fixtures().display().to_string())
+        .timeout(60)
+        .run();
+    r.ok();
+    r
+}
+
 #[test]
 fn a_full_dev_shm_is_refused_at_creation_and_the_program_completes() {
     if !root_user() {
@@ -116,12 +128,7 @@ echo room_bytes=$(( $(stat -c '%b * %B' /dev/shm/parbudget-room) ))
 "#,
         d = dir.display()
     );
-    let r = cmd("unshare", &["-m", "sh", "-c", &s])
-        .env("SHIM", &shim().display().to_string())
-        .env("FIX", &fixtures().display().to_string())
-        .timeout(60)
-        .run();
-    r.ok();
+    let r = in_mount_namespace(&s);
     for case in ["full", "onepage"] {
         assert_eq!(r.get(&format!("{case}_rc")), "0", "{case}: {}", r.stderr);
         let out = read(&dir.join(format!("{case}.out")));
@@ -666,12 +673,7 @@ echo leftovers=$(ls $D/mnt | grep -c tmp)
 "#,
         d = dir.display()
     );
-    let r = cmd("unshare", &["-m", "sh", "-c", &s])
-        .env("SHIM", &shim().display().to_string())
-        .env("FIX", &fixtures().display().to_string())
-        .timeout(60)
-        .run();
-    r.ok();
+    let r = in_mount_namespace(&s);
     assert_eq!(r.get("rc"), "0");
     assert_checksum(&read(&dir.join("out")), 50, 4096);
     assert_eq!(r.get("report"), "previous", "the last whole report stays");

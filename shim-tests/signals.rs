@@ -102,46 +102,6 @@ fn no_temporary_files(dir: &Path) {
     assert!(left.is_empty(), "temporary report files left: {left:?}");
 }
 
-/// Collects a spawned child's output, waiting at most `secs`.
-fn finish(mut child: std::process::Child, secs: u64) -> Run {
-    // (stdout may have been taken by the caller already)
-    let (out, mut err) = (child.stdout.take(), child.stderr.take().unwrap());
-    let t_out = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut out) = out {
-            let _ = out.read_to_string(&mut s);
-        }
-        s
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(secs) {
-            timed_out = true;
-            send_signal(child.id(), 9);
-            break child.wait().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    use std::os::unix::process::ExitStatusExt;
-    Run {
-        stdout: t_out.join().unwrap(),
-        stderr: t_err.join().unwrap(),
-        code: status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)),
-        timed_out,
-    }
-}
-
 #[test]
 fn report_signals_during_forks_and_ledger_updates_change_nothing_and_tear_no_report() {
     // Two members of one named ledger: a fork storm (2 threads fork 150
@@ -180,7 +140,7 @@ fn report_signals_during_forks_and_ledger_updates_change_nothing_and_tear_no_rep
         stop.clone(),
         torn.clone(),
     );
-    let (rs, rm) = (finish(storm, 240), finish(member, 240));
+    let (rs, rm) = (finish(storm, Duration::from_secs(240)), finish(member, Duration::from_secs(240)));
     stop.store(true, Relaxed);
     let sent = h.join().unwrap();
     let whole = rd.join().unwrap();
@@ -267,7 +227,7 @@ fn report_signals_from_before_the_shims_constructor_on_change_nothing() {
             let _ = out.read_to_string(&mut s);
             s
         });
-        let r = finish(child, 120);
+        let r = finish(child, Duration::from_secs(120));
         stop.store(true, Relaxed);
         let sent = h.join().unwrap();
         let whole = rd.join().unwrap();

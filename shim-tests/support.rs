@@ -212,42 +212,50 @@ impl Cmd {
     /// Runs to completion or timeout; on timeout the whole process group is killed.
     pub fn run(self) -> Run {
         let timeout = self.timeout;
-        let mut child = self.spawn();
-        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let t_out = std::thread::spawn(move || {
-            let mut s = String::new();
+        finish(self.spawn(), timeout)
+    }
+}
+
+/// Collects the output of a child started by `Cmd::spawn` (its own process
+/// group) until it exits, or kills the group after `timeout`. The caller may
+/// have taken its stdout already (to read a `ready` line first).
+pub fn finish(mut child: std::process::Child, timeout: Duration) -> Run {
+    let (out, mut err) = (child.stdout.take(), child.stderr.take().unwrap());
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut out) = out {
             let _ = out.read_to_string(&mut s);
-            s
-        });
-        let t_err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let start = Instant::now();
-        let mut timed_out = false;
-        let status = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            if start.elapsed() > timeout {
-                timed_out = true;
-                // SAFETY: signalling the process group we created.
-                unsafe { libc_kill(-(child.id() as i32), 9) };
-                break child.wait().unwrap();
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        use std::os::unix::process::ExitStatusExt;
-        let code = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
-        Run {
-            stdout: t_out.join().unwrap(),
-            stderr: t_err.join().unwrap(),
-            code,
-            timed_out,
         }
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            // SAFETY: signalling the process group we created.
+            unsafe { libc_kill(-(child.id() as i32), 9) };
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Run {
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        code,
+        timed_out,
     }
 }
 
