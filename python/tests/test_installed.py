@@ -121,10 +121,14 @@ class Module(unittest.TestCase):
 
     def test_status_reads_a_live_ledger_with_two_members(self):
         # A child joins the parent's ledger: the report is live, not the
-        # one written at exit.
+        # one written at exit. A process joins at its first region, BLAS call
+        # or thread-count query: each asks libgomp's omp_get_max_threads once.
+        join = ("import ctypes; ctypes.CDLL('libgomp.so.1', mode=ctypes.RTLD_GLOBAL); "
+                "ctypes.CDLL(None).omp_get_max_threads()")
         code = (
             "import os, subprocess, sys, time, parbudget\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n"
+            + join + "\n"
+            "p = subprocess.Popen([sys.executable, '-c', " + repr(join + "; import time; time.sleep(30)") + "])\n"
             "for _ in range(200):\n"
             "    if parbudget.status()['ledger']['members'] >= 2: break\n"
             "    time.sleep(0.05)\n"
