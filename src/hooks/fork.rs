@@ -45,7 +45,7 @@ use crate::process;
 use crate::runtime::{self, RuntimeCopy};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicU64, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use log::{Level, error, log};
 
 thread_local! {
@@ -57,9 +57,17 @@ thread_local! {
 /// a Pool(32) should print one warning, not 32; later forks log at info.
 static WARNED: AtomicU64 = AtomicU64::new(0);
 
+/// Some thread of this process was master of a libgomp team (so the child
+/// handler reads the forking thread's MASTER_OF only then: a thread-local
+/// access costs a forked child a page fault).
+static ANY_MASTER: AtomicBool = AtomicBool::new(false);
+
 pub fn mark_master(copy: usize) {
     if copy < 64 {
         MASTER_OF.with(|m| m.set(m.get() | 1 << copy));
+        if !ANY_MASTER.load(Relaxed) {
+            ANY_MASTER.store(true, Relaxed);
+        }
     }
 }
 
@@ -119,13 +127,24 @@ extern "C" fn child() {
     // Each reset below writes only where a value changes: a child copies
     // every page it writes, and most children (fork + exec, fork + _exit)
     // never run a region.
-    let master_of = MASTER_OF.with(|m| m.get());
+    let master_of = if ANY_MASTER.load(Relaxed) {
+        MASTER_OF.with(|m| m.get())
+    } else {
+        0
+    };
     if master_of != 0 && child_protected() {
         SERIAL.with(|s| s.set(s.get() | master_of));
     }
     runtime::reset_writer_in_child();
     let cores = crate::init::ready().map_or(1, |s| s.cap().cores);
-    crate::ledger::reset_in_child(cores, super::grant::held_here());
+    // What the forking thread holds: none when the process holds none
+    // (read without the thread-local then).
+    let held = if crate::ledger::held_by_process() == 0 {
+        0
+    } else {
+        super::grant::held_here()
+    };
+    crate::ledger::reset_in_child(cores, held);
     process::remember_pid();
     super::threads::reset_in_child();
     crate::warnings::reset_in_child();

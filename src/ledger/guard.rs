@@ -687,10 +687,11 @@ pub fn reset_in_child() {
     if HOLDER_TID.load(SeqCst) != 0 {
         HOLDER_TID.store(0, SeqCst);
     }
+    // HOLDER_SEQ moves at every lock taken in this process, so 0 means no
+    // thread here ever cached its tid: the thread-local is not touched (a
+    // thread-local access costs the child a page fault in the loader).
     if HOLDER_SEQ.load(SeqCst) != 0 {
         HOLDER_SEQ.store(0, SeqCst);
-    }
-    if TID.with(|t| t.get()) != 0 {
         TID.with(|t| t.set(0));
     }
 }

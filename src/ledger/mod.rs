@@ -136,6 +136,12 @@ pub fn reset_in_child(cores: u32, held_here: u32) {
     reset_attach_in_child();
 }
 
+/// Threads this process holds in regions right now (its own ledger's count,
+/// kept for every process).
+pub fn held_by_process() -> u32 {
+    LOCAL.used()
+}
+
 /// True when `at_exit` has something to give back (reads only).
 pub fn holds_slot() -> bool {
     shared::holds_slot()
