@@ -310,10 +310,7 @@ fn the_ledger_is_private_validated_and_removed() {
          print('mode=%o' % (os.stat('/dev/shm' + name).st_mode & 0o777))",
         fixture("libregions.so")
     );
-    let r = cmd("python3", &["-c", &code])
-    .shim()
-    .cores(2)
-    .run();
+    let r = cmd("python3", &["-c", &code]).shim().cores(2).run();
     r.ok();
     assert_eq!(r.get("mode"), "600");
     let generated = format!("/dev/shm{}", r.get("name"));

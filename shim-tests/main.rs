@@ -17,6 +17,6 @@ mod memcheck;
 mod python;
 mod real_libs;
 mod reports;
-mod signals;
 mod scale_out;
 mod scaling;
+mod signals;

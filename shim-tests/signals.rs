@@ -136,16 +136,25 @@ fn report_signals_during_forks_and_ledger_updates_change_nothing_and_tear_no_rep
         stop.clone(),
     );
     let rd = reader(
-        vec![dir.join(format!("r-{sp}.json")), dir.join(format!("r-{mp}.json"))],
+        vec![
+            dir.join(format!("r-{sp}.json")),
+            dir.join(format!("r-{mp}.json")),
+        ],
         stop.clone(),
         torn.clone(),
     );
-    let (rs, rm) = (finish(storm, Duration::from_secs(240)), finish(member, Duration::from_secs(240)));
+    let (rs, rm) = (
+        finish(storm, Duration::from_secs(240)),
+        finish(member, Duration::from_secs(240)),
+    );
     stop.store(true, Relaxed);
     let sent = h.join().unwrap();
     let whole = rd.join().unwrap();
     let audit = cmd(
-        &root().join("target/release/parbudget").display().to_string(),
+        &root()
+            .join("target/release/parbudget")
+            .display()
+            .to_string(),
         &["ledger", "--json", &name],
     )
     .run();
@@ -195,7 +204,15 @@ fn report_signals_from_before_the_shims_constructor_on_change_nothing() {
     for round in 0..3 {
         let mut child = cmd(
             "sh",
-            &["-c", shell, "sh", &python(), "-c", code, &fixture("libregions.so")],
+            &[
+                "-c",
+                shell,
+                "sh",
+                &python(),
+                "-c",
+                code,
+                &fixture("libregions.so"),
+            ],
         )
         .env("SHIM", &shim().display().to_string())
         .cores(2)

@@ -162,9 +162,15 @@ fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
     write!(
         o,
         "],\"ledger\":{{\"scope\":\"{}\",\"joined\":{},\"name\":{},\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{}}}",
-        if a.shared || a.pending { "tree" } else { "process" },
+        if a.shared || a.pending {
+            "tree"
+        } else {
+            "process"
+        },
         a.shared,
-        Js(crate::ledger::name().filter(|_| a.shared || a.pending).unwrap_or(b"")),
+        Js(crate::ledger::name()
+            .filter(|_| a.shared || a.pending)
+            .unwrap_or(b"")),
         a.budget,
         a.used,
         a.members,
@@ -300,7 +306,10 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
         let mut line = StackBuf::<1400>::new();
         let _ = write!(line, "parbudget[{}] WARN report_failed path=", pid);
         line.push_bytes(c.to_bytes());
-        let _ = writeln!(line, " reason=\"{why}\" using=\"the previous report, if any\"");
+        let _ = writeln!(
+            line,
+            " reason=\"{why}\" using=\"the previous report, if any\""
+        );
         let _ = write_all(2, line.as_bytes());
     };
     if fd < 0 {

@@ -67,8 +67,7 @@ unsafe extern "C-unwind" fn omp_get_thread_limit_hook() -> c_int {
         if t.copy.is_some_and(fork::serial_here) {
             return 1;
         }
-        own.min(s.cores().min(c_int::MAX as u32) as c_int)
-            .max(1)
+        own.min(s.cores().min(c_int::MAX as u32) as c_int).max(1)
     })
 }
 trampoline!(omp_get_thread_limit => omp_get_thread_limit_hook);

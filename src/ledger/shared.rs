@@ -412,7 +412,14 @@ enum Change<T> {
 /// raises `used` by one compare-and-swap, then the slot's `held`. `gated`:
 /// the lock-free path (the caller announced itself in `busy` and must yield
 /// to a fence and to a due reclaim); false under the mutex.
-fn count_entry(h: &Header, i: usize, want: u32, need: u32, me: u32, gated: bool) -> Change<Entered> {
+fn count_entry(
+    h: &Header,
+    i: usize,
+    want: u32,
+    need: u32,
+    me: u32,
+    gated: bool,
+) -> Change<Entered> {
     let mut u = h.used.load(SeqCst);
     loop {
         if gated && u & FENCE != 0 {
@@ -424,7 +431,8 @@ fn count_entry(h: &Header, i: usize, want: u32, need: u32, me: u32, gated: bool)
             return Change::Locked;
         }
         // A nested region on an already-counted thread asks only for extras.
-        let e = super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
+        let e =
+            super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
         let to = (u & FENCE) | used.saturating_add(me + e.extras).min(MAX_HELD);
         match h.used.compare_exchange_weak(u, to, SeqCst, SeqCst) {
             Ok(_) => {
@@ -485,7 +493,8 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
             over: need > 0,
         });
     };
-    if want > 0 && (h.used.load(SeqCst) & !FENCE).saturating_add(me + want) > h.budget && scan_due() {
+    if want > 0 && (h.used.load(SeqCst) & !FENCE).saturating_add(me + want) > h.budget && scan_due()
+    {
         // Short: maybe a dead member still counts.
         scanned();
         reclaim_dead(h, false);
@@ -1028,8 +1037,15 @@ mod tests {
             lock_free(h, 0, || count_entry(h, 0, 1, 0, 1, true)),
             Change::Locked
         ));
-        assert!(matches!(lock_free(h, 0, || count_exit(h, 0, 1, true)), Change::Locked));
-        assert_eq!(h.used.load(SeqCst), 1 | FENCE, "nothing moved under the fence");
+        assert!(matches!(
+            lock_free(h, 0, || count_exit(h, 0, 1, true)),
+            Change::Locked
+        ));
+        assert_eq!(
+            h.used.load(SeqCst),
+            1 | FENCE,
+            "nothing moved under the fence"
+        );
         // The stopped update finishes in time: the rebuild completes.
         h.slots[0].held.fetch_add(1, SeqCst);
         h.busy[0].fetch_sub(1, SeqCst);
