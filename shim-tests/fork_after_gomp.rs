@@ -6,13 +6,18 @@
 
 use crate::support::*;
 
-fn fork_run(bin: &str, mode: &str) -> Run {
+/// A fork fixture under the shim with a budget of 2; the parent gives up on
+/// a child still running after 8 s.
+fn fork_cmd(bin: &str, mode: &str) -> Cmd {
     cmd(&fixture(bin), &[mode])
         .shim()
         .cores(2)
         .env("FORK_WAIT", "8")
         .timeout(40)
-        .run()
+}
+
+fn fork_run(bin: &str, mode: &str) -> Run {
+    fork_cmd(bin, mode).run()
 }
 
 fn fork_warnings(r: &Run) -> Vec<&str> {
@@ -39,13 +44,7 @@ fn the_hazard_is_real_without_the_shim() {
 }
 
 fn fork_run_policy(bin: &str, mode: &str, policy: &str) -> Run {
-    cmd(&fixture(bin), &[mode])
-        .shim()
-        .cores(2)
-        .env("FORK_WAIT", "8")
-        .env("PARBUDGET_FORK", policy)
-        .timeout(40)
-        .run()
+    fork_cmd(bin, mode).env("PARBUDGET_FORK", policy).run()
 }
 
 /// The `fork_after_gomp` entries of the parent's JSON report.
@@ -68,13 +67,7 @@ fn fork_entries(dir: &std::path::Path, parent_pid_of_first: bool) -> Vec<serde_j
 #[test]
 fn fresh_child_keeps_full_teams_and_the_right_sums_with_an_info_line() {
     let dir = tempdir("fork-fresh");
-    let r = cmd(&fixture("fork_gomp_gcc"), &["both"])
-        .shim()
-        .cores(2)
-        .env("FORK_WAIT", "8")
-        .report_into(&dir)
-        .timeout(40)
-        .run();
+    let r = fork_cmd("fork_gomp_gcc", "both").report_into(&dir).run();
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("child_status"), 0);
@@ -160,12 +153,7 @@ fn serial_policy_shrinks_only_bodies_that_adapt() {
 
 #[test]
 fn fork_inside_a_region_falls_back_with_a_warning_and_no_hang() {
-    let r = cmd(&fixture("fork_gomp_gcc"), &["inregion"])
-        .shim()
-        .cores(2)
-        .env("FORK_WAIT", "8")
-        .timeout(40)
-        .run();
+    let r = fork_cmd("fork_gomp_gcc", "inregion").run();
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("child_status"), 0, "{}", r.stderr);
@@ -181,12 +169,8 @@ fn fork_inside_a_region_falls_back_with_a_warning_and_no_hang() {
     );
     // A region that counts on 4 threads in that child: exit 70, not a hang
     // and not a wrong answer.
-    let r = cmd(&fixture("fork_gomp_gcc"), &["inregion"])
-        .shim()
-        .cores(2)
-        .env("FORK_WAIT", "8")
+    let r = fork_cmd("fork_gomp_gcc", "inregion")
         .env("CHILD_CLAUSE", "4")
-        .timeout(40)
         .run();
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
@@ -246,13 +230,7 @@ fn a_child_that_execs_starts_clean() {
 fn intel_libiomp5_forks_silently_and_keeps_its_team() {
     // libiomp5 resets itself in its own atfork handlers: nothing to free.
     let dir = tempdir("fork-iomp");
-    let r = cmd(&fixture("fork_gomp_iomp"), &["both"])
-        .shim()
-        .cores(2)
-        .env("FORK_WAIT", "8")
-        .report_into(&dir)
-        .timeout(40)
-        .run();
+    let r = fork_cmd("fork_gomp_iomp", "both").report_into(&dir).run();
     r.ok();
     assert_eq!(r.int("child_hung"), 0);
     assert_eq!(r.int("child_team"), 2);

@@ -445,11 +445,7 @@ fn valid_image() -> Vec<u8> {
     let name = ledger_name("base");
     let file = shm(&name);
     let _ = std::fs::remove_file(&file);
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
-        .shim()
-        .cores(2)
-        .env("PARBUDGET_LEDGER", &name)
-        .run();
+    let r = teams_in_ledger(&name).run();
     r.ok();
     let img = std::fs::read(&file).unwrap();
     std::fs::remove_file(&file).unwrap();
@@ -603,10 +599,7 @@ fn each_refused_ledger_is_named_in_one_line_and_the_process_runs_alone() {
         let bytes_before = before.is_file().then(|| std::fs::read(&target).unwrap());
         let rep_dir = dir.join(case);
         std::fs::create_dir_all(&rep_dir).unwrap();
-        let r = cmd(&fixture("omp_teams_gcc"), &["0"])
-            .shim()
-            .cores(2)
-            .env("PARBUDGET_LEDGER", &base)
+        let r = teams_in_ledger(&base)
             .report_into(&rep_dir)
             .timeout(30)
             .run();

@@ -250,11 +250,7 @@ fn the_ledger_is_private_validated_and_removed() {
     std::fs::write(&file, b"not a ledger").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
-        .shim()
-        .cores(2)
-        .env("PARBUDGET_LEDGER", &name)
-        .run();
+    let r = teams_in_ledger(&name).run();
     r.ok();
     assert_eq!(r.int("team"), 2);
     assert!(
@@ -263,11 +259,7 @@ fn the_ledger_is_private_validated_and_removed() {
         r.stderr
     );
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let r = cmd(&fixture("omp_teams_gcc"), &["0"])
-        .shim()
-        .cores(2)
-        .env("PARBUDGET_LEDGER", &name)
-        .run();
+    let r = teams_in_ledger(&name).run();
     assert!(r.ok().stderr.contains("wrong size"), "{}", r.stderr);
     std::fs::remove_file(&file).unwrap();
 
@@ -290,11 +282,7 @@ fn the_ledger_is_private_validated_and_removed() {
     // Created at the first region (the shell under the shim ran none).
     assert_eq!(r.stdout.lines().last().unwrap(), "600");
     assert!(std::path::Path::new(&file).exists());
-    let again = cmd(&fixture("omp_teams_gcc"), &["0"])
-        .shim()
-        .cores(2)
-        .env("PARBUDGET_LEDGER", &name)
-        .run();
+    let again = teams_in_ledger(&name).run();
     assert!(
         again.ok().shim_lines().is_empty(),
         "reused silently: {}",

@@ -302,17 +302,7 @@ fn dask_local_cluster_workers_share_one_ledger_and_compute_the_plain_results() {
     .timeout(240)
     .run();
     r.ok();
-    assert_eq!(r.get("digest"), base.get("digest"));
-    assert_eq!(r.int("worker_pids"), 2);
-    let ledgers = r.get("ledgers");
-    assert!(
-        ledgers.starts_with("/parbudget-") && !ledgers.contains(','),
-        "every worker in one ledger: {ledgers}"
-    );
-    // The two workers (the client joins only when it runs BLAS itself).
-    assert!(r.int("max_members") >= 2, "{}", r.stdout);
-    // Dask's static OPENBLAS_NUM_THREADS=1 is lifted: the ledger sizes calls.
-    assert_eq!(r.get("worker_openblas_env"), "unset");
+    dask_workers_share_one_ledger(&r, &base, "/parbudget-");
     assert_eq!(base.get("worker_openblas_env"), "1");
 }
 
@@ -423,17 +413,22 @@ fn dask_pre_spawn_environ_alone_preloads_the_workers_into_one_named_ledger() {
         0,
         "only the workers get the shim"
     );
+    dask_workers_share_one_ledger(&r, &base, "/parbudget-dasktest-");
+}
+
+/// What both Dask routes must show (shim-tests/py/dask_blas.py's lines): the
+/// plain results, two workers in one ledger whose name starts with `prefix`,
+/// both members at once (the client joins only when it runs BLAS itself),
+/// and Dask's static OPENBLAS_NUM_THREADS=1 left out, so the ledger sizes
+/// the calls.
+fn dask_workers_share_one_ledger(r: &Run, base: &Run, prefix: &str) {
     assert_eq!(r.get("digest"), base.get("digest"));
     assert_eq!(r.int("worker_pids"), 2);
     let ledgers = r.get("ledgers");
     assert!(
-        ledgers.starts_with("/parbudget-dasktest-") && !ledgers.contains(','),
-        "both workers in the one named ledger: {ledgers}"
+        ledgers.starts_with(prefix) && !ledgers.contains(','),
+        "every worker in one ledger: {ledgers}"
     );
     assert!(r.int("max_members") >= 2, "{}", r.stdout);
-    assert_eq!(
-        r.get("worker_openblas_env"),
-        "unset",
-        "Dask's static 1 left out: the ledger sizes the calls"
-    );
+    assert_eq!(r.get("worker_openblas_env"), "unset");
 }

@@ -310,3 +310,13 @@ pub fn runtimes_of<'a>(report: &'a serde_json::Value, imp: &str) -> Vec<&'a serd
         .filter(|r| r["impl"] == imp)
         .collect()
 }
+
+/// One default-team region (omp_teams_gcc 0) under the shim with a budget of
+/// 2, in the ledger named `name`: the tests' way to make, join or probe a
+/// named ledger.
+pub fn teams_in_ledger(name: &str) -> Cmd {
+    cmd(&fixture("omp_teams_gcc"), &["0"])
+        .shim()
+        .cores(2)
+        .env("PARBUDGET_LEDGER", name)
+}

@@ -35,16 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from workloads import _limits  # the bench's one reading of BENCH_TPCTL
+
 WORKERS = 4
-
-
-def _limits():
-    n = os.environ.get("BENCH_TPCTL")
-    if not n:
-        import contextlib
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=int(n))
 
 
 def main():
