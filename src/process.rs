@@ -121,6 +121,32 @@ fn threads_of(pid: i32) -> u32 {
         })
 }
 
+/// Calls a signal handler the program installed before ours (we chain to
+/// it), with the calling convention its `SA_SIGINFO` flag says.
+///
+/// # Safety
+/// `handler` is a handler address (not SIG_DFL or SIG_IGN) taken from the
+/// program's `sigaction`, and `info`/`ctx` are what the kernel gave ours.
+pub unsafe fn call_old_handler(
+    handler: usize,
+    siginfo: bool,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    // SAFETY: the caller's contract: `handler` has this signature.
+    unsafe {
+        if siginfo {
+            core::mem::transmute::<
+                usize,
+                extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
+            >(handler)(sig, info, ctx);
+        } else {
+            core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler)(sig);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

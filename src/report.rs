@@ -381,16 +381,7 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     if h != libc::SIG_DFL && h != libc::SIG_IGN && h != 0 {
         // SAFETY: `h` is the handler the program installed, with the calling
         // convention its SA_SIGINFO flag says.
-        unsafe {
-            if siginfo {
-                core::mem::transmute::<
-                    usize,
-                    extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
-                >(h)(sig, info, ctx);
-            } else {
-                core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h)(sig);
-            }
-        }
+        unsafe { process::call_old_handler(h, siginfo, sig, info, ctx) };
     }
     // SAFETY: restoring this thread's errno.
     unsafe { *libc::__errno_location() = saved_errno };

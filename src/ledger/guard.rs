@@ -661,14 +661,7 @@ fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, c
             libc::sigaddset(&mut mask, sig);
         }
         libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut saved);
-        if flags & libc::SA_SIGINFO != 0 {
-            core::mem::transmute::<
-                usize,
-                extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void),
-            >(h)(sig, info, ctx);
-        } else {
-            core::mem::transmute::<usize, extern "C" fn(libc::c_int)>(h)(sig);
-        }
+        crate::process::call_old_handler(h, flags & libc::SA_SIGINFO != 0, sig, info, ctx);
         libc::pthread_sigmask(libc::SIG_SETMASK, &saved, core::ptr::null_mut());
     }
 }
