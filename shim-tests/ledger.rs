@@ -13,12 +13,18 @@ fn four_threads_share_the_budget_and_a_lone_caller_keeps_it() {
         2.0,
         "without the shim each thread runs teams of 2"
     );
+    assert!(base.int("max_extras") >= 2, "{}", base.stdout);
     let r = cmd(&fixture("threads_omp_gcc"), &["4", "300"])
         .shim()
         .cores(2)
         .run();
     r.ok();
-    assert!(r.float("mean_team") <= 1.25, "{}", r.stdout);
+    // The budget bounds what runs at once: with 4 callers and 2 cores at
+    // most one extra worker is ever inside a region body (without the shim
+    // there are up to 4). How many regions got one depends on how the
+    // threads drift apart, so the mean only has to show cuts.
+    assert!(r.int("max_extras") <= 1, "{}", r.stdout);
+    assert!(r.float("mean_team") < 1.5, "{}", r.stdout);
     let lone = cmd(&fixture("threads_omp_gcc"), &["1", "300"])
         .shim()
         .cores(2)
@@ -32,11 +38,14 @@ fn llvm_libomp_regions_are_sized_by_the_ledger_too() {
         .env("OMP_NUM_THREADS", "2")
         .run();
     assert_eq!(base.ok().float("mean_team"), 2.0);
+    assert!(base.int("max_extras") >= 2, "{}", base.stdout);
     let r = cmd(&fixture("threads_omp_clang"), &["4", "300"])
         .shim()
         .cores(2)
         .run();
-    assert!(r.ok().float("mean_team") <= 1.25, "{}", r.stdout);
+    r.ok();
+    assert!(r.int("max_extras") <= 1, "{}", r.stdout);
+    assert!(r.float("mean_team") < 1.5, "{}", r.stdout);
     let lone = cmd(&fixture("threads_omp_clang"), &["1", "300"])
         .shim()
         .cores(2)
