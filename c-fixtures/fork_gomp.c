@@ -121,6 +121,19 @@ static void child_work(const char *mode, char **argv) {
             printf("child_clause_team=%d\n", region(atoi(getenv("CHILD_CLAUSE"))));
         }
     }
+    if (!strcmp(mode, "vfork")) {
+        /* This child runs no region (so it has asked the shim nothing), then
+         * vforks a grandchild that _exits at once, as after a failed exec:
+         * the grandchild shares this child's memory, so it must write no
+         * report and leave this child's own report alone. */
+        pid_t v = vfork();
+        if (v == 0) _exit(3);
+        int st = 0;
+        waitpid(v, &st, 0);
+        printf("vfork_pid=%d\nvfork_status=%d\nchild_pid=%d\n", (int)v,
+               WIFEXITED(st) ? WEXITSTATUS(st) : -1, (int)getpid());
+        fflush(stdout);
+    }
     if (!strcmp(mode, "exec")) {
         fflush(stdout);
         execl(argv[0], argv[0], "exec-child", (char *)NULL);

@@ -104,6 +104,31 @@ fn fresh_child_keeps_full_teams_and_the_right_sums_with_an_info_line() {
 }
 
 #[test]
+fn a_child_that_ran_nothing_writes_its_report_and_its_vfork_child_none() {
+    // The forked child sees the shim's fork words wiped (process::ForkWords),
+    // its pid among them; it runs no region, vforks a grandchild that
+    // _exits at once (as after a failed exec), then _exits itself. The
+    // child's exit must still know itself (its report is written), and the
+    // grandchild, sharing its memory, must write nothing.
+    let dir = tempdir("fork-vfork");
+    let r = fork_cmd("fork_gomp_gcc", "vfork").report_into(&dir).run();
+    r.ok();
+    assert_eq!(r.int("child_status"), 0, "{}", r.stderr);
+    assert_eq!(r.int("vfork_status"), 3);
+    let reps = reports(&dir);
+    let pids: Vec<i64> = reps.iter().map(|x| x["pid"].as_i64().unwrap()).collect();
+    assert!(
+        pids.contains(&r.int("child_pid")),
+        "the child's report: {pids:?}"
+    );
+    assert!(
+        !pids.contains(&r.int("vfork_pid")),
+        "no report from the vfork child: {pids:?}"
+    );
+    assert_eq!(reps.len(), 2, "the parent's and the child's: {pids:?}");
+}
+
+#[test]
 fn fresh_every_team_starting_form_runs_full_in_the_child() {
     for (mode, key) in [
         ("dynamic", "child_dynamic_team"),

@@ -77,3 +77,24 @@ pub fn install_panic_hook() {
         crate::logging::write_all(2, line.as_bytes());
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The shim links its unwinder statically (build.rs): these unwind a real
+    // panic through it to the fence.
+    #[test]
+    fn a_panic_in_bookkeeping_yields_the_fallback_and_releases_the_guard() {
+        let got = fenced(7, || -> i32 { panic!("deliberate, from a test") });
+        assert_eq!(got, 7);
+        assert!(!Guard::held(), "the guard is released by the unwind");
+        assert_eq!(fenced(0, || 5), 5, "the next call runs its bookkeeping");
+    }
+
+    #[test]
+    fn bookkeeping_reached_from_inside_bookkeeping_forwards_unchanged() {
+        let inner = fenced(None, || Some(fenced(1, || 2)));
+        assert_eq!(inner, Some(1));
+    }
+}

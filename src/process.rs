@@ -1,20 +1,37 @@
 //! Facts about this process and others, read without std (no allocation,
 //! no locks): safe in hooks, before main, in a forked child. The cached pid
-//! avoids a getpid syscall per region; the atfork child handler refreshes it.
+//! avoids a getpid syscall per region; a forked child records its own
+//! at first use (see `ForkWords`).
 
 use crate::stackbuf::StackBuf;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicI32, AtomicU32, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicI32, AtomicPtr, AtomicU32,
+    Ordering::{AcqRel, Acquire, Relaxed},
+};
 
-/// The words a forked child must write at once: its pid, and the fork
-/// gate's counts (runtime::loader). Every page a child writes is copied for
-/// it, so they share one cache line: one page copied, not three. Every other
-/// child-side reset writes only where a value changes.
+/// The words the fork protocol keeps per process: our pid, and the fork
+/// gate's counts (runtime::loader).
+///
+/// They live on the fork page: one private anonymous page marked
+/// `MADV_WIPEONFORK` (Linux 4.14), which a forked child sees zero-filled.
+/// Why: every page a child or its parent writes after a fork is copied for
+/// the writer (a page fault and a 4 KiB copy each, measured at about 3 us a
+/// fork on the 2-core VM), and these words are written on every fork: the
+/// parent opens the gate again, the child resets it. On the fork page the
+/// parent's page is not shared with the child, so it is not copied, and the
+/// child's reset is the wipe itself: walkers 0, forkers 0, pid 0. The pid
+/// is then recorded at the child's first `pid()` (or by the child handler
+/// when the child will write a report, see `hooks::fork`).
+///
+/// Without the page (an older kernel, or the mapping refused) the words stay
+/// in `FALLBACK`, inherited as they were, and the child handler resets them.
 #[repr(C, align(64))]
 pub struct ForkWords {
-    /// Our pid as last known by init or the child handler. A process whose
-    /// `getpid()` differs is a vfork child sharing our memory: nothing may be
-    /// written there (see `report`).
+    /// Our pid as recorded by init, the child's first `pid()` or the child
+    /// handler; 0 in a forked child until then. A process whose `getpid()`
+    /// differs from a recorded pid is a vfork child sharing our memory:
+    /// nothing may be written there (see `report`).
     pub pid: AtomicI32,
     /// Walks of the loader's object list in flight (runtime::loader).
     pub walkers: AtomicU32,
@@ -22,28 +39,109 @@ pub struct ForkWords {
     pub forkers: AtomicU32,
 }
 
-pub static FORK_WORDS: ForkWords = ForkWords {
+static FALLBACK: ForkWords = ForkWords {
     pid: AtomicI32::new(0),
     walkers: AtomicU32::new(0),
     forkers: AtomicU32::new(0),
 };
-static KNOWN_PID: &AtomicI32 = &FORK_WORDS.pid;
 
-/// Records our pid (init, and the atfork child handler: getpid is
-/// async-signal-safe).
+/// The fork page, or `FALLBACK`; null until the first `fork_words()`.
+static FORK_PAGE: AtomicPtr<ForkWords> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The fork protocol's words (see `ForkWords`). The first call maps the
+/// fork page: one `mmap` and one `madvise`, no allocation and no lock, so it
+/// is safe before our constructor and in a signal handler.
+pub fn fork_words() -> &'static ForkWords {
+    let p = FORK_PAGE.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: FORK_PAGE only ever holds FALLBACK or a page mapped below
+        // and never unmapped; both live as long as the process.
+        return unsafe { &*p };
+    }
+    map_fork_page()
+}
+
+#[cold]
+fn map_fork_page() -> &'static ForkWords {
+    let fallback = &FALLBACK as *const ForkWords as *mut ForkWords;
+    let page = 4096;
+    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+    let m = unsafe {
+        libc::mmap(
+            core::ptr::null_mut(),
+            page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let mine = if m == libc::MAP_FAILED {
+        fallback
+    // SAFETY: our own mapping, of one page.
+    } else if unsafe { libc::madvise(m, page, libc::MADV_WIPEONFORK) } == 0 {
+        m.cast::<ForkWords>()
+    } else {
+        // SAFETY: our own mapping, unused.
+        unsafe { libc::munmap(m, page) };
+        fallback
+    };
+    match FORK_PAGE.compare_exchange(core::ptr::null_mut(), mine, AcqRel, Acquire) {
+        // SAFETY: as in `fork_words`.
+        Ok(_) => unsafe { &*mine },
+        Err(winner) => {
+            if mine != fallback {
+                // SAFETY: our own mapping; another thread's won, ours is unused.
+                unsafe { libc::munmap(mine.cast(), page) };
+            }
+            // SAFETY: as in `fork_words`.
+            unsafe { &*winner }
+        }
+    }
+}
+
+/// True when the fork words are wiped in a forked child (the fork page is
+/// mapped), so the child handler has nothing to reset there.
+pub fn fork_words_wiped() -> bool {
+    !core::ptr::eq(fork_words(), &FALLBACK)
+}
+
+/// Records our pid (init; the child handler; a forked child's first
+/// `pid()`): getpid is async-signal-safe.
 pub fn remember_pid() {
     // SAFETY: getpid has no preconditions.
-    KNOWN_PID.store(unsafe { libc::getpid() }, Relaxed);
+    fork_words().pid.store(unsafe { libc::getpid() }, Relaxed);
 }
 
-/// The pid recorded by `remember_pid` (0 before init).
+/// The pid recorded by `remember_pid` (0 before init, and in a forked child
+/// until it records its own).
 pub fn known_pid() -> i32 {
-    KNOWN_PID.load(Relaxed)
+    fork_words().pid.load(Relaxed)
 }
 
-/// This process's pid without a syscall where it is known.
+/// This process's pid without a syscall once it is recorded. A forked
+/// child's first call records it (one page written, only in a child that
+/// asks: a child that forks and `_exit`s never does).
 pub fn pid() -> i32 {
-    let p = KNOWN_PID.load(Relaxed);
+    let w = fork_words();
+    let p = w.pid.load(Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if crate::init::ready().is_some() {
+        // Not a vfork child: one shares a recorded pid (the child handler
+        // records it before any vfork when the child has a report to write
+        // or a slot to leave, the only things a vfork child's `_exit` asks).
+        w.pid.store(me, Relaxed);
+    }
+    me
+}
+
+/// This process's pid, never recording it (read-only paths on the way out).
+pub fn pid_unrecorded() -> i32 {
+    let p = known_pid();
     if p != 0 {
         return p;
     }
@@ -55,7 +153,7 @@ pub fn pid() -> i32 {
 /// or before our pid is known.
 pub fn is_foreign() -> bool {
     // SAFETY: getpid has no preconditions.
-    (unsafe { libc::getpid() }) != KNOWN_PID.load(Relaxed)
+    (unsafe { libc::getpid() }) != known_pid()
 }
 
 /// Our start time (clock ticks since boot), 0 if /proc is unreadable.

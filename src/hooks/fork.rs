@@ -24,7 +24,9 @@
 //!     every fork including ones that bypass our hook): sets flags only —
 //!     `SERIAL = MASTER_OF` (the copies still marked), the registry writer
 //!     flag cleared, the ledger reset to the budget minus what this thread
-//!     holds, our pid refreshed. No locks, no allocation, no calls into a
+//!     holds. The fork gate's counts and our pid sit on a page the kernel
+//!     wipes in the child (process::ForkWords), so a child that runs nothing
+//!     writes no page of ours. No locks, no allocation, no calls into a
 //!     runtime: libomp/libiomp5 hold their fork-join lock across fork, and
 //!     calling them from here deadlocks.
 //!  5. In the child, a region of a `SERIAL` copy started on this thread runs
@@ -122,11 +124,21 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
-    crate::runtime::loader::reset_in_child();
     // Flags only: see the protocol above.
     // Each reset below writes only where a value changes: a child copies
     // every page it writes, and most children (fork + exec, fork + _exit)
-    // never run a region.
+    // never run a region. The fork gate and the pid are wiped by the kernel
+    // (process::ForkWords); the pid is recorded at the child's first
+    // `process::pid()`, or here when the child has a report to write: its
+    // exit tells itself from a vfork child sharing its memory by the
+    // recorded pid (`process::is_foreign`), and a child that ran nothing
+    // has not recorded one.
+    if !process::fork_words_wiped() {
+        crate::runtime::loader::reset_in_child();
+        process::remember_pid();
+    } else if crate::init::ready().is_some_and(|s| s.report.is_some()) {
+        process::remember_pid();
+    }
     let master_of = if ANY_MASTER.load(Relaxed) {
         MASTER_OF.with(|m| m.get())
     } else {
@@ -145,7 +157,6 @@ extern "C" fn child() {
         super::grant::held_here()
     };
     crate::ledger::reset_in_child(cores, held);
-    process::remember_pid();
     super::threads::reset_in_child();
     crate::warnings::reset_in_child();
     if WARNED.load(Relaxed) != 0 {

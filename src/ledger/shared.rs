@@ -550,7 +550,12 @@ pub fn leave_tree() -> bool {
 /// True when this process holds a slot (reads only: for `_exit`, which has
 /// nothing to give back otherwise).
 pub fn holds_slot() -> bool {
-    mine().is_some()
+    // Read-only, with a pid never recorded here: a vfork child's `_exit`
+    // asks this, and it shares our memory (process::pid_unrecorded).
+    header().is_some_and(|h| {
+        let i = MY_SLOT.load(Relaxed);
+        i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid_unrecorded()
+    })
 }
 
 /// True when every slot is free or belongs to a dead process.

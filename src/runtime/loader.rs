@@ -65,8 +65,12 @@ use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
 /// once). A walk counts itself in, then backs off if a fork is being
 /// prepared; a fork counts itself in, then waits for the walks to drain
 /// (both sides use SeqCst, so one of them always sees the other).
-static WALKERS: &AtomicU32 = &crate::process::FORK_WORDS.walkers;
-static FORKERS: &AtomicU32 = &crate::process::FORK_WORDS.forkers;
+fn walkers() -> &'static AtomicU32 {
+    &crate::process::fork_words().walkers
+}
+fn forkers() -> &'static AtomicU32 {
+    &crate::process::fork_words().forkers
+}
 
 /// Runs `dl_iterate_phdr(callback, data)` unless a fork is under way.
 /// Returns false when it did not run.
@@ -77,36 +81,36 @@ pub unsafe fn walk(
     callback: unsafe extern "C" fn(*mut libc::dl_phdr_info, usize, *mut c_void) -> libc::c_int,
     data: *mut c_void,
 ) -> bool {
-    WALKERS.fetch_add(1, SeqCst);
-    if FORKERS.load(SeqCst) != 0 {
-        WALKERS.fetch_sub(1, SeqCst);
+    walkers().fetch_add(1, SeqCst);
+    if forkers().load(SeqCst) != 0 {
+        walkers().fetch_sub(1, SeqCst);
         return false;
     }
     // SAFETY: the caller's contract.
     unsafe { libc::dl_iterate_phdr(Some(callback), data) };
-    WALKERS.fetch_sub(1, SeqCst);
+    walkers().fetch_sub(1, SeqCst);
     true
 }
 
 /// Atfork prepare: no new walk starts, and the walks in flight finish (they
 /// are short: a walk of the loaded-object list calling our own callbacks).
 pub fn close_for_fork() {
-    FORKERS.fetch_add(1, SeqCst);
-    while WALKERS.load(SeqCst) != 0 {
+    forkers().fetch_add(1, SeqCst);
+    while walkers().load(SeqCst) != 0 {
         core::hint::spin_loop();
     }
 }
 
 /// Atfork parent: this fork is done.
 pub fn open_after_fork() {
-    FORKERS.fetch_sub(1, SeqCst);
+    forkers().fetch_sub(1, SeqCst);
 }
 
 /// Atfork child: only the forking thread exists, so no walk is in flight
 /// and no other fork is being prepared here.
 pub fn reset_in_child() {
-    if WALKERS.load(SeqCst) != 0 {
-        WALKERS.store(0, SeqCst);
+    if walkers().load(SeqCst) != 0 {
+        walkers().store(0, SeqCst);
     }
-    FORKERS.store(0, SeqCst);
+    forkers().store(0, SeqCst);
 }
