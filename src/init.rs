@@ -123,15 +123,18 @@ fn read_settings() -> Settings {
         );
     }
 
-    let detected = budget::detect();
+    // The machine is asked (affinity, cgroup files: a dozen system calls)
+    // only when PARBUDGET_CORES does not say: every process of the tree
+    // starts with this.
     let budget = match config::getenv(c"PARBUDGET_CORES") {
-        None => detected,
+        None => budget::detect(),
         Some(v) => match budget::parse_cores(v.as_bytes()) {
             Ok(n) => Budget {
                 cores: n,
                 source: Source::Env,
             },
             Err(e) => {
+                let detected = budget::detect();
                 warn!(
                     "bad_env var=PARBUDGET_CORES value={} using={} source={} reason=\"{}\"",
                     Quoted(v.as_bytes()),

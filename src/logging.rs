@@ -85,12 +85,19 @@ pub fn write_all(fd: i32, mut bytes: &[u8]) -> bool {
 /// Installs the logger with a filter spec already validated by
 /// [`crate::config::log_spec_ok`]. Called once, from init.
 pub fn install(spec: &str) {
-    let mut b = env_filter::Builder::new();
-    let filter = match b.try_parse(spec) {
-        Ok(b) => b.build(),
-        Err(_) => env_filter::Builder::new()
+    let warn_only = || {
+        env_filter::Builder::new()
             .filter_level(LevelFilter::Warn)
-            .build(),
+            .build()
+    };
+    // The default spec needs no parser (every process starts here).
+    let filter = if spec == "warn" {
+        warn_only()
+    } else {
+        match env_filter::Builder::new().try_parse(spec) {
+            Ok(b) => b.build(),
+            Err(_) => warn_only(),
+        }
     };
     let max = filter.filter();
     let _ = LOGGER.filter.set(filter);
