@@ -129,6 +129,70 @@ fn a_child_that_ran_nothing_writes_its_report_and_its_vfork_child_none() {
 }
 
 #[test]
+fn without_a_wipe_on_fork_page_the_static_fork_words_keep_every_fork_right() {
+    // c-fixtures/no_wipeonfork refuses madvise(MADV_WIPEONFORK) through a
+    // seccomp filter, as Linux before 4.14 would: the shim keeps its fork
+    // words (the fork gate, the pid) in its static copy, and the child
+    // handler resets them. The same forks must come out the same.
+    let wrapped = |mode: &str| {
+        cmd(
+            &fixture("no_wipeonfork"),
+            &[&fixture("fork_gomp_gcc"), mode],
+        )
+        .shim()
+        .cores(2)
+        .env("FORK_WAIT", "8")
+        .env("PARBUDGET_LOG", "info")
+        .timeout(40)
+    };
+    let r = wrapped("both").run();
+    r.ok();
+    assert!(
+        r.shim_lines()
+            .iter()
+            .any(|l| l.contains("fork_words place=static")),
+        "the fallback is in use: {}",
+        r.stderr
+    );
+    assert_eq!(r.int("child_hung"), 0);
+    assert_eq!(r.int("child_status"), 0);
+    assert_eq!(r.int("child_team"), 2);
+    assert_eq!(r.int("child_clause_team"), 2);
+    assert_eq!(r.int("child_sum_ok"), 1);
+    assert_eq!(r.int("parent_after_team"), 2);
+    assert_eq!(r.int("parent_sum_ok"), 1);
+
+    let dir = tempdir("fork-vfork-static");
+    let r = wrapped("vfork").report_into(&dir).run();
+    r.ok();
+    assert_eq!(r.int("vfork_status"), 3);
+    let pids: Vec<i64> = reports(&dir)
+        .iter()
+        .map(|x| x["pid"].as_i64().unwrap())
+        .collect();
+    assert!(
+        pids.contains(&r.int("child_pid")),
+        "the child's report: {pids:?}"
+    );
+    assert!(
+        !pids.contains(&r.int("vfork_pid")),
+        "no report from the vfork child: {pids:?}"
+    );
+
+    // The fork gate under a storm: 4 threads fork 200 children while others
+    // walk the loader's list (runtime discovery), create threads and spawn.
+    let r = cmd(&fixture("no_wipeonfork"), &[&fixture("storm"), "4", "200"])
+        .shim()
+        .cores(2)
+        .timeout(120)
+        .run();
+    r.ok();
+    assert_eq!(r.int("children_ok"), 200, "{}", r.stdout);
+    assert_eq!(r.int("spawns_ok"), r.int("spawns"));
+    assert_eq!(r.int("regions_bad"), 0);
+}
+
+#[test]
 fn fresh_every_team_starting_form_runs_full_in_the_child() {
     for (mode, key) in [
         ("dynamic", "child_dynamic_team"),

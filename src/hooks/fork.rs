@@ -168,6 +168,13 @@ pub fn install_atfork() {
     // Resolve the real fork and _exit now rather than inside a fork.
     crate::next::preresolve();
     process::remember_pid();
+    if process::fork_words_wiped() {
+        log::debug!("fork_words place=wipeonfork_page");
+    } else {
+        log::info!(
+            "fork_words place=static reason=\"madvise(MADV_WIPEONFORK) refused (Linux before 4.14, or a seccomp filter)\" effect=\"each forked child resets the fork gate and records its pid in its atfork handler (one page copied per fork)\""
+        );
+    }
     // SAFETY: registers plain extern "C" functions that only touch atomics and
     // thread-locals.
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
