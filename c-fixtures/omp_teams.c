@@ -29,5 +29,11 @@ int main(int argc, char **argv) {
         if (i == 0) loop_team = omp_get_num_threads();
     }
     printf("team=%d\nclause_team=%d\nloop_team=%d\nsum=%ld\n", team, clause_team, loop_team, sum);
+#ifdef KMP_VERSION_MAJOR
+    /* LLVM libomp / Intel libiomp5 (their omp.h): how long an idle worker
+     * spins before it sleeps, in ms, as the runtime took it from the
+     * environment at its first region. */
+    printf("blocktime_ms=%d\n", kmp_get_blocktime());
+#endif
     return 0;
 }

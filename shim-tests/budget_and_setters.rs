@@ -152,6 +152,32 @@ fn budget_is_exported_to_later_libraries_and_children() {
 }
 
 #[test]
+fn llvm_and_intel_openmp_workers_take_the_short_block_time_unless_the_user_chose() {
+    // The runtimes themselves say what they took (kmp_get_blocktime, in ms):
+    // 200 by default, 1 under the shim (exported before they initialise), and
+    // whatever the user chose through KMP_BLOCKTIME or OMP_WAIT_POLICY.
+    for f in ["omp_teams_clang", "omp_teams_iomp"] {
+        let plain = cmd(&fixture(f), &[]).run();
+        assert_eq!(plain.ok().int("blocktime_ms"), 200, "{f}");
+        let shim = |k: &str, v: &str| {
+            let c = cmd(&fixture(f), &[]).shim().cores(2);
+            let c = if k.is_empty() { c } else { c.env(k, v) };
+            let r = c.run();
+            r.ok();
+            r.int("blocktime_ms")
+        };
+        assert_eq!(shim("", ""), 1, "{f}");
+        assert_eq!(shim("KMP_BLOCKTIME", "7"), 7, "{f}");
+        assert_eq!(shim("OMP_WAIT_POLICY", "passive"), 0, "{f}");
+        assert_eq!(
+            shim("OMP_WAIT_POLICY", "active"),
+            i64::from(i32::MAX),
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn affinity_mask_sets_the_budget_when_unset() {
     let dir = tempdir("affinity");
     let r = cmd("taskset", &["-c", "0", &fixture("omp_teams_gcc"), "0"])
