@@ -90,8 +90,10 @@ pub fn clamp_value(
 /// without the shim.
 ///
 /// So the three short spins are exported, unless the user chose a wait
-/// policy, spin count, block time or timeout. They reach runtimes that load after us (numpy's
-/// OpenBLAS, ctypes-loaded OpenMP) and every child process.
+/// policy, spin count, block time or timeout. They reach runtimes that load
+/// after us (numpy's OpenBLAS, ctypes-loaded OpenMP), libomp and libiomp5
+/// even when linked into the program (they read the environment at their
+/// first region), and every child process.
 pub fn export_spin() {
     if config::getenv(c"GOMP_SPINCOUNT").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
         // SAFETY: NUL-terminated strings; setenv copies them.

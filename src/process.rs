@@ -62,30 +62,39 @@ pub fn fork_words() -> &'static ForkWords {
     map_fork_page()
 }
 
-#[cold]
-fn map_fork_page() -> &'static ForkWords {
-    let fallback = &FALLBACK as *const ForkWords as *mut ForkWords;
-    let page = 4096;
-    // SAFETY: a fresh private anonymous mapping; nothing else refers to it.
+/// `len` bytes of fresh private anonymous memory, readable and writable
+/// (a system call: no allocator, no lock), or None.
+pub fn fresh_pages(len: usize) -> Option<*mut core::ffi::c_void> {
+    // SAFETY: a new mapping at an address the kernel picks; nothing else
+    // refers to it.
     let m = unsafe {
         libc::mmap(
             core::ptr::null_mut(),
-            page,
+            len,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
             -1,
             0,
         )
     };
-    let mine = if m == libc::MAP_FAILED {
-        fallback
-    // SAFETY: our own mapping, of one page.
-    } else if unsafe { libc::madvise(m, page, libc::MADV_WIPEONFORK) } == 0 {
-        m.cast::<ForkWords>()
-    } else {
-        // SAFETY: our own mapping, unused.
-        unsafe { libc::munmap(m, page) };
-        fallback
+    (m != libc::MAP_FAILED).then_some(m)
+}
+
+#[cold]
+fn map_fork_page() -> &'static ForkWords {
+    let fallback = &FALLBACK as *const ForkWords as *mut ForkWords;
+    let page = 4096;
+    let mine = match fresh_pages(page) {
+        None => fallback,
+        // SAFETY: our own mapping, of one page.
+        Some(m) if unsafe { libc::madvise(m, page, libc::MADV_WIPEONFORK) } == 0 => {
+            m.cast::<ForkWords>()
+        }
+        Some(m) => {
+            // SAFETY: our own mapping, unused.
+            unsafe { libc::munmap(m, page) };
+            fallback
+        }
     };
     match FORK_PAGE.compare_exchange(core::ptr::null_mut(), mine, AcqRel, Acquire) {
         // SAFETY: as in `fork_words`.
@@ -132,9 +141,10 @@ pub fn pid() -> i32 {
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     if crate::init::ready().is_some() {
-        // Not a vfork child: one shares a recorded pid (the child handler
-        // records it before any vfork when the child has a report to write
-        // or a slot to leave, the only things a vfork child's `_exit` asks).
+        // A forked child that has not recorded its pid yet (before init the
+        // constructor records it). A vfork child sharing such a child's
+        // memory never gets here: its `_exit` asks only `is_foreign` and
+        // `ledger::holds_slot`, which read without recording.
         w.pid.store(me, Relaxed);
     }
     me

@@ -203,18 +203,7 @@ fn swap(r: usize) -> bool {
     if base == 0 || len == 0 {
         return false;
     }
-    // SAFETY: a fresh private anonymous mapping, ours alone.
-    let fresh = unsafe {
-        libc::mmap(
-            core::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if fresh != libc::MAP_FAILED {
+    if let Some(fresh) = crate::process::fresh_pages(len) {
         if r == LEDGER {
             restore_published(fresh as usize);
         }
