@@ -40,7 +40,8 @@ fn stderr_table_report() {
         .run();
     r.ok();
     assert!(
-        r.stderr.contains("report: budget 2 cores (from env)"),
+        r.stderr
+            .contains("report at exit: budget 2 cores (from env)"),
         "{}",
         r.stderr
     );

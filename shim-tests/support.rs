@@ -269,6 +269,44 @@ pub fn send_signal(pid: u32, sig: i32) {
     unsafe { libc_kill(pid as i32, sig) };
 }
 
+/// A process by a pidfd: signals sent through it reach that process only,
+/// never another that reuses its pid after it was reaped.
+pub struct Pidfd(i32);
+
+impl Pidfd {
+    /// `pid` must not be reaped yet (a child still running, or a zombie).
+    pub fn open(pid: u32) -> Pidfd {
+        // SAFETY: pidfd_open(2) with no flags.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        Pidfd(fd as i32)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: pidfd_send_signal(2) on our open pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.0,
+                sig,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    }
+}
+
+impl Drop for Pidfd {
+    fn drop(&mut self) {
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
 /// A fresh private directory under target/ for one test's files.
 pub fn tempdir(name: &str) -> PathBuf {
     let d = root()

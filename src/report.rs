@@ -4,7 +4,7 @@
 //! `_exit` of a forked child, and at exit while other threads still run.
 //!
 //! JSON schema (keys may be added, never renamed):
-//! `{pid, ppid, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
+//! `{pid, ppid, trigger, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
 //! threads_created, threads_live, threads_peak, requested_max, clamped,
 //! regions, mean_team, requests_cut, over_budget}], ledger: {scope, budget,
 //! used, members, held_here}, other_threads: {created, live, peak},
@@ -18,7 +18,7 @@ use crate::runtime::OTHER;
 use crate::stackbuf::StackBuf;
 use crate::warnings;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering::*};
 
 /// A buffered writer to a file descriptor, flushing with `write(2)`.
 struct Out {
@@ -112,7 +112,7 @@ pub unsafe extern "C" fn parbudget_report_json(buf: *mut u8, len: usize) -> isiz
             unsafe { core::slice::from_raw_parts_mut(buf, len) }
         };
         let mut o = MemOut { buf, needed: 0 };
-        let _ = write_json(&mut o, s);
+        let _ = write_json(&mut o, s, Trigger::Call);
         o.needed as isize
     })
 }
@@ -126,14 +126,34 @@ fn mean_team(s: &runtime::Stats) -> f64 {
     }
 }
 
-fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
+/// What made a report be written: the process's end, the report signal, or
+/// a call of `parbudget_report_json` (the program asking).
+#[derive(Clone, Copy)]
+enum Trigger {
+    Exit,
+    Signal,
+    Call,
+}
+
+impl Trigger {
+    fn name(self) -> &'static str {
+        match self {
+            Trigger::Exit => "exit",
+            Trigger::Signal => "signal",
+            Trigger::Call => "call",
+        }
+    }
+}
+
+fn write_json(o: &mut impl Write, s: &Settings, trigger: Trigger) -> fmt::Result {
     // SAFETY: getpid/getppid have no preconditions.
     let (pid, ppid) = unsafe { (libc::getpid(), libc::getppid()) };
     write!(
         o,
-        "{{\"pid\":{},\"ppid\":{},\"budget\":{},\"budget_source\":\"{}\",\"fork_policy\":\"{}\",\"runtimes\":[",
+        "{{\"pid\":{},\"ppid\":{},\"trigger\":\"{}\",\"budget\":{},\"budget_source\":\"{}\",\"fork_policy\":\"{}\",\"runtimes\":[",
         pid,
         ppid,
+        trigger.name(),
         s.cap().cores,
         s.cap().source.name(),
         s.fork.name()
@@ -195,13 +215,14 @@ fn write_json(o: &mut impl Write, s: &Settings) -> fmt::Result {
     o.write_str("]}\n")
 }
 
-fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
+fn write_table(o: &mut Out, s: &Settings, trigger: Trigger) -> fmt::Result {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     writeln!(
         o,
-        "parbudget[{}] report: budget {} cores (from {}), fork policy {}",
+        "parbudget[{}] report at {}: budget {} cores (from {}), fork policy {}",
         pid,
+        trigger.name(),
         s.cap().cores,
         s.cap().source.name(),
         s.fork.name()
@@ -257,14 +278,14 @@ fn write_table(o: &mut Out, s: &Settings) -> fmt::Result {
 }
 
 /// Writes the report now to its destination. Async-signal-safe.
-fn write_to_destination(s: &Settings, dest: &[u8]) {
+fn write_to_destination(s: &Settings, dest: &[u8], trigger: Trigger) {
     if dest == b"stderr" {
         let mut o = Out {
             fd: 2,
             buf: StackBuf::new(),
             whole: true,
         };
-        let _ = write_table(&mut o, s);
+        let _ = write_table(&mut o, s, trigger);
         o.flush();
         return;
     }
@@ -321,7 +342,7 @@ fn write_to_destination(s: &Settings, dest: &[u8]) {
         buf: StackBuf::new(),
         whole: true,
     };
-    let _ = write_json(&mut o, s);
+    let _ = write_json(&mut o, s, trigger);
     o.flush();
     // Only a whole report replaces the last one: a short write (a full disk)
     // or a failed close leaves the previous report and removes the rest.
@@ -362,7 +383,69 @@ pub fn write_now(may_load: bool) {
         runtime::confirm_pending();
         crate::conflicts::check_pending();
     }
-    write_to_destination(s, dest);
+    close_signal_reports(pid);
+    write_to_destination(s, dest, Trigger::Exit);
+}
+
+/// Signal reports being written now, tagged with the writing process's pid:
+/// `pid << 32 | count`. The tag makes a count inherited through `fork` from a
+/// thread that was mid-report (and does not exist in the child) read as none.
+static SIGNAL_WRITERS: AtomicU64 = AtomicU64::new(0);
+/// The pid whose exit has begun: its signal reports are no longer written.
+static CLOSING: AtomicI32 = AtomicI32::new(0);
+
+/// Adds this writer to the count of `pid`, whatever an older process left.
+fn writers_plus_one(word: u64, pid: i32) -> u64 {
+    let (tag, n) = ((word >> 32) as i32, word as u32);
+    let n = if tag == pid { n.saturating_add(1) } else { 1 };
+    (u64::from(pid as u32) << 32) | u64::from(n)
+}
+
+/// The signal reports of `pid` in flight.
+fn writers_of(word: u64, pid: i32) -> u32 {
+    if (word >> 32) as i32 == pid {
+        word as u32
+    } else {
+        0
+    }
+}
+
+/// A signal report may begin: false once this process's exit has begun. A
+/// report begun is counted until `signal_report_done`.
+fn signal_report_begins(pid: i32) -> bool {
+    let _ = SIGNAL_WRITERS.fetch_update(SeqCst, SeqCst, |w| Some(writers_plus_one(w, pid)));
+    // Counted first, then the flag read; the exit sets the flag, then reads
+    // the count (both SeqCst): one of the two sees the other.
+    if CLOSING.load(SeqCst) == pid {
+        signal_report_done();
+        return false;
+    }
+    true
+}
+
+fn signal_report_done() {
+    SIGNAL_WRITERS.fetch_sub(1, SeqCst);
+}
+
+/// At exit, before the exit report: no signal report begins from now on, and
+/// those in flight on other threads are let finish (up to 100 ms). Otherwise
+/// the process's end stops a thread mid-report and leaves its temporary file
+/// behind, or a late signal report replaces the exit report. A signal report
+/// under us on this very thread (a handler that calls `_exit` interrupted it)
+/// cannot finish: the bound ends that wait.
+fn close_signal_reports(pid: i32) {
+    CLOSING.store(pid, SeqCst);
+    for _ in 0..2000 {
+        if writers_of(SIGNAL_WRITERS.load(SeqCst), pid) == 0 {
+            return;
+        }
+        let pause = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000,
+        };
+        // SAFETY: a plain sleep on a stack timespec; async-signal-safe.
+        unsafe { libc::nanosleep(&pause, core::ptr::null_mut()) };
+    }
 }
 
 static OLD_ACTION: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
@@ -372,8 +455,13 @@ extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut 
     // SAFETY: errno of this thread.
     let saved_errno = unsafe { *libc::__errno_location() };
     if let Some(s) = crate::init::ready() {
-        let dest = s.report.as_deref().unwrap_or(b"stderr");
-        write_to_destination(s, dest);
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        if signal_report_begins(pid) {
+            let dest = s.report.as_deref().unwrap_or(b"stderr");
+            write_to_destination(s, dest, Trigger::Signal);
+            signal_report_done();
+        }
     }
     // Chain to the handler the program had installed before us, if any.
     let h = OLD_ACTION[0].load(Relaxed);
@@ -425,6 +513,22 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&js("/v/\u{e9}t\u{e9}/lib\"x\".so".as_bytes())).unwrap();
         assert_eq!(v, "/v/\u{e9}t\u{e9}/lib\"x\".so");
+    }
+
+    #[test]
+    fn signal_writers_are_counted_per_process() {
+        let w = writers_plus_one(0, 7);
+        assert_eq!(writers_of(w, 7), 1);
+        let w = writers_plus_one(w, 7);
+        assert_eq!(writers_of(w, 7), 2);
+        // A forked child inherits its parent's word: none of those are its own.
+        assert_eq!(writers_of(w, 8), 0);
+        let w = writers_plus_one(w, 8);
+        assert_eq!(writers_of(w, 8), 1);
+        assert_eq!(writers_of(w, 7), 0);
+        // A pid above 2^31 never occurs, but the tag keeps all 32 bits.
+        let w = writers_plus_one(0, i32::MAX);
+        assert_eq!(writers_of(w, i32::MAX), 1);
     }
 
     #[test]

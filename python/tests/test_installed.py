@@ -110,6 +110,7 @@ class Module(unittest.TestCase):
         self.assertEqual(s["budget"], 2)
         self.assertEqual(s["budget_source"], "env")
         self.assertEqual(s["pid"] > 0, True)
+        self.assertEqual(s["trigger"], "call")
         blas = [x for x in s["runtimes"] if x["impl"] == "openblas"]
         self.assertEqual(len(blas), 1, s["runtimes"])
         self.assertIn("numpy.libs", blas[0]["path"])
