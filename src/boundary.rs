@@ -3,12 +3,7 @@
 //! it forwards unchanged) and a panic fence (a panic must never cross an
 //! `extern "C"` boundary: since Rust 1.81 that aborts the host).
 
-use core::cell::Cell;
-
-thread_local! {
-    /// True while this thread runs our own bookkeeping.
-    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
-}
+use crate::thread_state;
 
 /// The reentry guard: `Some` when this thread is not already inside our own
 /// bookkeeping. Dropping it releases the guard.
@@ -16,8 +11,8 @@ pub struct Guard(());
 
 impl Guard {
     pub fn take() -> Option<Guard> {
-        IN_HOOK.with(|g| {
-            if g.replace(true) {
+        thread_state::with(|t| {
+            if t.in_hook.replace(true) {
                 None
             } else {
                 Some(Guard(()))
@@ -29,13 +24,13 @@ impl Guard {
 impl Guard {
     /// True while this thread is inside our bookkeeping.
     pub fn held() -> bool {
-        IN_HOOK.with(|g| g.get())
+        thread_state::with(|t| t.in_hook.get())
     }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        IN_HOOK.with(|g| g.set(false));
+        thread_state::with(|t| t.in_hook.set(false));
     }
 }
 

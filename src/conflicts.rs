@@ -12,7 +12,16 @@ use log::info;
 
 /// Compares each copy confirmed since the last call with every copy
 /// confirmed before it, so each pair is considered exactly once.
+#[inline]
 pub fn check_pending() {
+    if runtime::unchecked_pending() {
+        check_now();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn check_now() {
     let bits = runtime::take_unchecked();
     if bits == 0 {
         return;

@@ -56,10 +56,19 @@ thread_local! {
 
 /// The settings, initialising first if needed. `None` only while this very
 /// thread is inside init (a hook reached from init itself).
+#[inline]
 pub fn ensure() -> Option<&'static Settings> {
     if STATE.load(Acquire) == READY {
         return SETTINGS.get();
     }
+    ensure_slow()
+}
+
+/// The first call, a call during init, or one racing it: kept out of line so
+/// every hook's ready path is one load and a compare.
+#[cold]
+#[inline(never)]
+fn ensure_slow() -> Option<&'static Settings> {
     if IN_INIT.with(|f| f.get()) {
         return None;
     }

@@ -20,6 +20,7 @@ mod process;
 mod report;
 mod runtime;
 mod stackbuf;
+mod thread_state;
 mod warnings;
 
 #[cfg(not(test))]

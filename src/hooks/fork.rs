@@ -8,8 +8,9 @@
 //! reset themselves in their own atfork handlers and are safe.
 //!
 //! The fork protocol:
-//!  1. While running, `regions` marks `MASTER_OF` (thread-local bitmask of
-//!     registry indices) when this thread starts a libgomp team of 2+.
+//!  1. While running, `regions` marks `master_of` (a bitmask of registry
+//!     indices in this thread's `thread_state`) when this thread starts a
+//!     libgomp team of 2+.
 //!  2. `fork` (our hook, parent side, before the real fork), policy `fresh`:
 //!     for each marked copy, `omp_pause_resource_all(omp_pause_hard)` in that
 //!     copy frees this thread's pool (its workers exit). Paused copies are
@@ -22,14 +23,14 @@
 //!     is loaded: numba terminates forked children itself).
 //!  4. atfork child handler (runs in the child, on the forking thread, for
 //!     every fork including ones that bypass our hook): sets flags only —
-//!     `SERIAL = MASTER_OF` (the copies still marked), the registry writer
+//!     `serial = master_of` (the copies still marked), the registry writer
 //!     flag cleared, the ledger reset to the budget minus what this thread
 //!     holds. The fork gate's counts and our pid sit on a page the kernel
 //!     wipes in the child (process::ForkWords), so a child that runs nothing
 //!     writes no page of ours. No locks, no allocation, no calls into a
 //!     runtime: libomp/libiomp5 hold their fork-join lock across fork, and
 //!     calling them from here deadlocks.
-//!  5. In the child, a region of a `SERIAL` copy started on this thread runs
+//!  5. In the child, a region of a `serial` copy started on this thread runs
 //!     as a team of one only where its body cannot have counted on more
 //!     (`regions::serial_is_safe`); `omp_get_max_threads()` and
 //!     `omp_get_thread_limit()` answer 1 there, so code that sizes itself
@@ -46,27 +47,22 @@ use crate::next::FORK;
 use crate::process;
 use crate::runtime::{self, RuntimeCopy};
 use crate::stackbuf::Quoted;
-use core::cell::Cell;
+use crate::thread_state;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use log::{Level, error, log};
-
-thread_local! {
-    static MASTER_OF: Cell<u64> = const { Cell::new(0) };
-    static SERIAL: Cell<u64> = const { Cell::new(0) };
-}
 
 /// libgomp copies (bits) already warned about at warn level in this process:
 /// a Pool(32) should print one warning, not 32; later forks log at info.
 static WARNED: AtomicU64 = AtomicU64::new(0);
 
 /// Some thread of this process was master of a libgomp team (so the child
-/// handler reads the forking thread's MASTER_OF only then: a thread-local
+/// handler reads the forking thread's `master_of` only then: a thread-local
 /// access costs a forked child a page fault).
 static ANY_MASTER: AtomicBool = AtomicBool::new(false);
 
 pub fn mark_master(copy: usize) {
     if copy < 64 {
-        MASTER_OF.with(|m| m.set(m.get() | 1 << copy));
+        thread_state::with(|t| t.master_of.set(t.master_of.get() | 1 << copy));
         if !ANY_MASTER.load(Relaxed) {
             ANY_MASTER.store(true, Relaxed);
         }
@@ -74,7 +70,7 @@ pub fn mark_master(copy: usize) {
 }
 
 pub fn serial_here(copy: usize) -> bool {
-    copy < 64 && SERIAL.with(|s| s.get() & (1 << copy) != 0)
+    copy < 64 && thread_state::with(|t| t.serial.get() & (1 << copy) != 0)
 }
 
 /// Called by `regions` for a region of a hazardous copy on the inherited
@@ -140,12 +136,12 @@ extern "C" fn child() {
         process::remember_pid();
     }
     let master_of = if ANY_MASTER.load(Relaxed) {
-        MASTER_OF.with(|m| m.get())
+        thread_state::with(|t| t.master_of.get())
     } else {
         0
     };
     if master_of != 0 && child_protected() {
-        SERIAL.with(|s| s.set(s.get() | master_of));
+        thread_state::with(|t| t.serial.set(t.serial.get() | master_of));
     }
     runtime::reset_writer_in_child();
     let cores = crate::init::ready().map_or(1, |s| s.cap().cores);
@@ -205,7 +201,7 @@ fn pause_pools(hazard: u64) -> Paused {
         match c.pause_hard() {
             Some(true) => {
                 p.done |= 1 << i;
-                MASTER_OF.with(|m| m.set(m.get() & !(1 << i)));
+                thread_state::with(|t| t.master_of.set(t.master_of.get() & !(1 << i)));
             }
             Some(false) => p.refused |= 1 << i,
             None => p.unsupported |= 1 << i,
@@ -326,7 +322,7 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
         // SAFETY: the raw system call is what fork is, minus atfork handlers.
         return unsafe { libc::syscall(libc::SYS_fork) } as libc::pid_t;
     }
-    let hazard = MASTER_OF.with(|m| m.get());
+    let hazard = thread_state::with(|t| t.master_of.get());
     let paused = if hazard != 0 {
         fenced(Paused::default(), || pause_pools(hazard))
     } else {

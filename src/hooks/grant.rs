@@ -24,24 +24,17 @@
 
 use crate::ledger;
 use crate::runtime::RuntimeCopy;
-use core::cell::Cell;
+use crate::thread_state;
 use core::sync::atomic::Ordering::Relaxed;
-
-thread_local! {
-    /// Threads this thread holds in the ledger (itself and extras, per grant).
-    static HELD: Cell<u32> = const { Cell::new(0) };
-    /// The team `omp_get_max_threads()` last promised this thread (0: none).
-    static PROMISED: Cell<u32> = const { Cell::new(0) };
-}
 
 /// Records what `omp_get_max_threads()` answered on this thread.
 pub fn promise(n: u32) {
-    PROMISED.with(|p| p.set(n));
+    thread_state::with(|t| t.promised.set(n));
 }
 
 /// The team this thread was promised for its regions without a clause.
 pub fn promised() -> Option<u32> {
-    match PROMISED.with(|p| p.get()) {
+    match thread_state::with(|t| t.promised.get()) {
         0 => None,
         n => Some(n),
     }
@@ -76,7 +69,13 @@ impl Grant {
 
     pub fn give_back(self) {
         if self.counted {
-            HELD.with(|h| h.set(h.get().saturating_sub(u32::from(self.caller) + self.extras)));
+            thread_state::with(|t| {
+                t.held.set(
+                    t.held
+                        .get()
+                        .saturating_sub(u32::from(self.caller) + self.extras),
+                )
+            });
             ledger::leave(self.extras, self.caller);
         }
     }
@@ -100,7 +99,7 @@ pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Gr
     let need = if exact { want - 1 } else { 0 };
     let entered = ledger::enter(want - 1, need, caller);
     let extras = entered.extras;
-    HELD.with(|h| h.set(h.get() + u32::from(caller) + extras));
+    thread_state::with(|t| t.held.set(t.held.get() + u32::from(caller) + extras));
     let g = Grant {
         extras,
         counted: true,
@@ -123,5 +122,5 @@ pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Gr
 
 /// Threads this thread holds (for the atfork child handler's ledger reset).
 pub fn held_here() -> u32 {
-    HELD.with(|h| h.get())
+    thread_state::with(|t| t.held.get())
 }

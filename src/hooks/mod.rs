@@ -142,6 +142,45 @@ macro_rules! trampoline {
 }
 pub(crate) use trampoline;
 
+/// Defines an exported symbol `$name` as a trampoline into `$body` that hands
+/// the return address over as one more integer argument, in `$x86` (x86-64)
+/// or `$arm` (aarch64): the argument register after the symbol's own last
+/// one. For the hot entries only, whose arguments are all integers or
+/// pointers in registers (no stack arguments, no varargs, no vector
+/// registers): nothing is saved and no thread-local is written, so the
+/// caller costs two instructions. `$body` takes the symbol's arguments and
+/// then `ret: usize`.
+macro_rules! trampoline_ret {
+    ($name:ident => $body:path, $x86:literal, $arm:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
+        pub unsafe extern "C" fn $name() {
+            // At entry [rsp] is the return address; a jump keeps it there, so
+            // the body returns straight to the caller.
+            core::arch::naked_asm!(
+                concat!("mov ", $x86, ", [rsp]"),
+                "jmp {body}",
+                body = sym $body,
+            );
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
+        pub unsafe extern "C" fn $name() {
+            // x30 holds the return address; a branch keeps it for the body.
+            core::arch::naked_asm!(
+                concat!("mov ", $arm, ", x30"),
+                "b {body}",
+                body = sym $body,
+            );
+        }
+    };
+}
+pub(crate) use trampoline_ret;
+
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 compile_error!("parbudget's trampolines exist for x86_64 and aarch64 only");
 
@@ -195,15 +234,35 @@ pub fn resolve_or_abort(ret: usize, hook: table::Hook) -> crate::runtime::Target
     }
 }
 
+/// A call that cannot be completed: no runtime defines its target (see
+/// `no_target`). One ERROR line, then abort.
+#[cold]
+pub fn abort_without_target(ret: usize, hook: table::Hook) -> ! {
+    no_target(hook.name(), ret);
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}
+
 /// Init, lazily from any hook (see `init`), then the work that needs hooks:
 /// the atfork handlers and a first look at what is loaded. Once.
+#[inline]
 pub fn ensure() -> Option<&'static crate::init::Settings> {
-    use core::sync::atomic::{AtomicU8, Ordering::*};
-    static AFTER: AtomicU8 = AtomicU8::new(0); // 0 not done, 1 running, 2 done
     let s = crate::init::ensure();
-    if AFTER.load(Acquire) == 2 || s.is_none() {
+    if AFTER.load(core::sync::atomic::Ordering::Acquire) == 2 || s.is_none() {
         return s;
     }
+    ensure_after(s)
+}
+
+/// The work after init that needs hooks: 0 not done, 1 running, 2 done.
+static AFTER: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+#[cold]
+#[inline(never)]
+fn ensure_after(
+    s: Option<&'static crate::init::Settings>,
+) -> Option<&'static crate::init::Settings> {
+    use core::sync::atomic::Ordering::*;
     match AFTER.compare_exchange(0, 1, AcqRel, Acquire) {
         Ok(_) => {
             crate::boundary::install_panic_hook();

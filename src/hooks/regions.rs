@@ -5,7 +5,7 @@
 
 use super::grant::{self, GiveBack, Grant};
 use super::table::Hook;
-use super::{call, fenced, fork, resolve_or_abort, take_caller, trampoline};
+use super::{call, fenced, fork, resolve_or_abort, take_caller, trampoline, trampoline_ret};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
@@ -79,65 +79,98 @@ fn serial_is_safe(requested: u32, shape: Shape) -> bool {
 }
 
 /// Sizes a region that asked for `requested` threads (0: the runtime's default).
+/// The hot path of the shim: one fence holds the caller's resolution, the
+/// check of newly loaded copies and the sizing, so a region pays for one
+/// reentry guard and one panic fence.
 fn enter(ret: usize, hook: Hook, requested: c_uint, shape: Shape) -> Entry {
     let settings = super::ensure();
-    let name = hook.name();
-    let target = resolve_or_abort(ret, hook);
+    let mut found = None;
+    let sized = fenced(None, || {
+        let t = crate::runtime::resolve(ret, hook as u8, hook.name())?;
+        found = Some(t);
+        crate::conflicts::check_pending();
+        Some(size(t, settings, hook, requested, shape))
+    });
+    if let Some(e) = sized {
+        return e;
+    }
+    // Not sized: reached from our own bookkeeping (resolve as `target` does
+    // there), a panic in the sizing (forward unchanged), or no target at all.
+    let t = found
+        .or_else(|| {
+            super::Guard::held()
+                .then(|| super::lookup(ret, hook))
+                .flatten()
+        })
+        .unwrap_or_else(|| super::abort_without_target(ret, hook));
+    Entry {
+        real: t.real,
+        team: requested,
+        grant: Grant::default(),
+    }
+}
+
+/// The team of a region whose target is `target`, and its grant.
+fn size(
+    target: crate::runtime::Target,
+    settings: Option<&crate::init::Settings>,
+    hook: Hook,
+    requested: c_uint,
+    shape: Shape,
+) -> Entry {
     let passthrough = Entry {
         real: target.real,
         team: requested,
         grant: Grant::default(),
     };
-    fenced(passthrough, || {
-        let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
-        if let Some((i, c)) = copy {
-            if fork::serial_here(i) {
-                fork::child_region(c, name, serial_is_safe(requested, shape), requested);
-                c.stats.regions.fetch_add(1, Relaxed);
-                c.stats.team_sum.fetch_add(1, Relaxed);
-                return Entry {
-                    team: 1,
-                    ..passthrough
-                };
-            }
-            if c.nested_inactive() {
-                // A region inside a team's body: the runtime runs it with one
-                // thread, which is already counted as a worker of that team.
-                return passthrough;
-            }
+    let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
+    if let Some((i, c)) = copy {
+        if fork::serial_here(i) {
+            fork::child_region(c, hook.name(), serial_is_safe(requested, shape), requested);
+            c.stats.regions.fetch_add(1, Relaxed);
+            c.stats.team_sum.fetch_add(1, Relaxed);
+            return Entry {
+                team: 1,
+                ..passthrough
+            };
         }
-        let Some(s) = settings else {
+        if c.nested_inactive() {
+            // A region inside a team's body: the runtime runs it with one
+            // thread, which is already counted as a worker of that team.
             return passthrough;
-        };
-        let cap = s.cores();
-        let (asked, exact) = entitlement(
-            requested,
-            shape,
-            grant::promised(),
-            icv_of(copy.map(|(_, c)| c), cap),
-        );
-        let g = grant::take(copy.map(|(_, c)| c), asked, cap, exact);
-        if let Some((i, c)) = copy
-            && g.team() > 1
-            && c.imp == Impl::Libgomp
-        {
-            fork::mark_master(i);
         }
-        debug!(
-            "grant symbol={} impl={} asked={} exact={} team={} free={}",
-            Quoted(name.to_bytes()),
-            copy.map_or("unknown", |(_, c)| c.imp.name()),
-            asked,
-            exact,
-            g.team(),
-            crate::ledger::free()
-        );
-        Entry {
-            real: target.real,
-            team: g.team(),
-            grant: g,
-        }
-    })
+    }
+    let Some(s) = settings else {
+        return passthrough;
+    };
+    let cap = s.cores();
+    let (asked, exact) = entitlement(
+        requested,
+        shape,
+        grant::promised(),
+        icv_of(copy.map(|(_, c)| c), cap),
+    );
+    let g = grant::take(copy.map(|(_, c)| c), asked, cap, exact);
+    if let Some((i, c)) = copy
+        && g.team() > 1
+        && c.imp == Impl::Libgomp
+    {
+        fork::mark_master(i);
+    }
+    debug!(
+        "grant symbol={} impl={} asked={} exact={} team={} free={}",
+        Quoted(hook.name().to_bytes()),
+        copy.map_or("unknown", |(_, c)| c.imp.name()),
+        asked,
+        exact,
+        g.team(),
+        crate::ledger::free()
+    );
+    Entry {
+        real: target.real,
+        team: g.team(),
+        grant: g,
+    }
 }
 
 /// Remembers a `_start` region's grant until its `GOMP_parallel_end`.
@@ -167,6 +200,9 @@ fn pop_start() -> Grant {
 }
 
 /// A region that runs to completion inside the call: size, forward, give back.
+/// With `via X86, ARM`: the entry's arguments all sit in registers, and its
+/// return address comes as one more argument in that register
+/// (`trampoline_ret`); without, through the thread-local (`trampoline`).
 macro_rules! region {
     ($shape:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty) => {
         unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*) -> $ret {
@@ -175,6 +211,14 @@ macro_rules! region {
             call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*)
         }
         trampoline!($name => $body);
+    };
+    ($shape:ident, $name:ident, $body:ident, ($($a:ident: $t:ty),*), $ret:ty, via $x86:literal, $arm:literal) => {
+        unsafe extern "C-unwind" fn $body(f: Body, data: *mut c_void, num_threads: c_uint $(, $a: $t)*, ret: usize) -> $ret {
+            let e = enter(ret, Hook::$name, num_threads, Shape::$shape);
+            let _give_back = GiveBack(e.grant);
+            call!(e.real, fn(Body, *mut c_void, c_uint $(, $t)*) -> $ret, f, data, e.team $(, $a)*)
+        }
+        trampoline_ret!($name => $body, $x86, $arm);
     };
 }
 
@@ -190,9 +234,11 @@ macro_rules! region_start {
     };
 }
 
-region!(Plain, GOMP_parallel, gomp_parallel, (flags: c_uint), ());
-region!(Plain, GOMP_parallel_reductions, gomp_parallel_reductions, (flags: c_uint), c_uint);
-region!(Adaptive, GOMP_parallel_sections, gomp_parallel_sections, (count: c_uint, flags: c_uint), ());
+// (fn, data, num_threads, flags): the return address goes in the fifth
+// integer argument register; sections take one more argument, so the sixth.
+region!(Plain, GOMP_parallel, gomp_parallel, (flags: c_uint), (), via "r8", "x4");
+region!(Plain, GOMP_parallel_reductions, gomp_parallel_reductions, (flags: c_uint), c_uint, via "r8", "x4");
+region!(Adaptive, GOMP_parallel_sections, gomp_parallel_sections, (count: c_uint, flags: c_uint), (), via "r9", "x5");
 region!(Plain, GOMP_parallel_loop_static, gomp_parallel_loop_static, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
 region!(Adaptive, GOMP_parallel_loop_dynamic, gomp_parallel_loop_dynamic, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());
 region!(Adaptive, GOMP_parallel_loop_guided, gomp_parallel_loop_guided, (s: c_long, e: c_long, i: c_long, c: c_long, flags: c_uint), ());

@@ -26,19 +26,16 @@ macro_rules! table {
             #[cfg_attr(not(test), allow(dead_code))]
             pub const ALL: &'static [Hook] = &[$(Hook::$name,)*];
 
-            /// The symbol's name.
+            /// The symbol's name: one indexed load (hooks ask on every
+            /// region and BLAS call). Each row is checked at compile time.
             pub fn name(self) -> &'static CStr {
-                match self {
-                    // Checked at compile time (a const per row): hooks call
-                    // this on every region and BLAS call.
-                    $(Hook::$name => {
-                        const NAME: &CStr = match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
-                            Ok(c) => c,
-                            Err(_) => panic!("a hook name with a NUL byte"),
-                        };
-                        NAME
-                    })*
-                }
+                const NAMES: &[&CStr] = &[$({
+                    match CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                        Ok(c) => c,
+                        Err(_) => panic!("a hook name with a NUL byte"),
+                    }
+                },)*];
+                NAMES[self as usize]
             }
         }
     };

@@ -244,8 +244,20 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) {
 /// Attaches to the tree's ledger if that is still to do (see ATTACH). Other
 /// threads arriving meanwhile wait for the one attaching (it takes well under
 /// a millisecond, at most ~200 ms while another process creates the segment).
+#[inline]
 pub fn ensure_attached() {
-    if matches!(ATTACH.load(Acquire), OFF | DONE) || ATTACHING_HERE.with(|a| a.get()) {
+    if matches!(ATTACH.load(Acquire), OFF | DONE) {
+        return;
+    }
+    attach_slow();
+}
+
+/// The first ledger call of this process, or one racing it (out of line:
+/// every region's ready path is one load).
+#[cold]
+#[inline(never)]
+fn attach_slow() {
+    if ATTACHING_HERE.with(|a| a.get()) {
         return;
     }
     match ATTACH.compare_exchange(NOT_YET, ATTACHING, AcqRel, Acquire) {

@@ -67,7 +67,12 @@ impl Stats {
     }
 
     pub fn note_request(&self, n: u32) {
-        self.requested_max.fetch_max(n, Relaxed);
+        // A read first: the largest request is almost always known already,
+        // and a read-modify-write on every region would cost a locked
+        // instruction for nothing.
+        if n > self.requested_max.load(Relaxed) {
+            self.requested_max.fetch_max(n, Relaxed);
+        }
     }
 }
 

@@ -27,6 +27,6 @@ pub use kind::{Impl, Kind};
 pub use loader::object_name;
 pub use registry::{
     confirm_pending, copies, copy, copy_containing, refresh, refresh_light, reset_writer_in_child,
-    take_unchecked,
+    take_unchecked, unchecked_pending,
 };
 pub use resolve::{Target, objects_unloaded, resolve};

@@ -30,6 +30,12 @@ use log::info;
 static UNCHECKED: AtomicU64 = AtomicU64::new(0);
 
 /// Takes the copies confirmed since the last call (registry indices as bits).
+/// Copies wait for their conflict check (one load: every hook asks).
+#[inline]
+pub fn unchecked_pending() -> bool {
+    UNCHECKED.load(Relaxed) != 0
+}
+
 pub fn take_unchecked() -> u64 {
     if UNCHECKED.load(Relaxed) == 0 {
         return 0;
