@@ -52,6 +52,7 @@ static FORK_PAGE: AtomicPtr<ForkWords> = AtomicPtr::new(core::ptr::null_mut());
 /// The fork protocol's words (see `ForkWords`). The first call maps the
 /// fork page: one `mmap` and one `madvise`, no allocation and no lock, so it
 /// is safe before our constructor and in a signal handler.
+#[inline]
 pub fn fork_words() -> &'static ForkWords {
     let p = FORK_PAGE.load(Acquire);
     if !p.is_null() {
@@ -132,12 +133,20 @@ pub fn known_pid() -> i32 {
 /// This process's pid without a syscall once it is recorded. A forked
 /// child's first call records it (one page written, only in a child that
 /// asks: a child that forks and `_exit`s never does).
+#[inline]
 pub fn pid() -> i32 {
-    let w = fork_words();
-    let p = w.pid.load(Relaxed);
+    let p = fork_words().pid.load(Relaxed);
     if p != 0 {
         return p;
     }
+    record_pid()
+}
+
+/// `pid()` in a process that has not recorded its pid yet.
+#[cold]
+#[inline(never)]
+fn record_pid() -> i32 {
+    let w = fork_words();
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     if crate::init::ready().is_some() {

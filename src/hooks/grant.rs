@@ -67,6 +67,7 @@ impl Grant {
         ledger::team(self.extras)
     }
 
+    #[inline]
     pub fn give_back(self) {
         if self.counted {
             thread_state::with(|t| {
@@ -93,6 +94,7 @@ impl Drop for GiveBack {
 /// Takes a grant for a call that asked for `asked` threads, capped at `cap`,
 /// and records it in `copy`'s stats. `exact`: the call gets every thread it
 /// asked for (up to the cap), over the budget if need be.
+#[inline]
 pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Grant {
     let want = asked.clamp(1, cap.max(1));
     let caller = held_here() == 0;

@@ -38,6 +38,7 @@ static LOCAL: Ledger = Ledger::new();
 /// granted and whether they took the ledger over the budget. `count_caller`
 /// is false for a region nested on a thread already counted by an enclosing
 /// region (it must not count twice).
+#[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
     ensure_attached();
     match shared::enter(want, need, count_caller) {
@@ -53,6 +54,7 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
 }
 
 /// The region entered with `extras` (and the same `count_caller`) ended.
+#[inline]
 pub fn leave(extras: u32, count_caller: bool) {
     if !shared::leave(extras, count_caller) {
         tell_loss();

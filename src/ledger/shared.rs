@@ -83,6 +83,7 @@ static NAME: Name = Name(UnsafeCell::new(StackBuf::new()));
 
 /// The attached ledger, if it is still ours to use. A header whose magic is
 /// gone (zeroed or overwritten under us) is lost here.
+#[inline]
 fn header() -> Option<&'static Header> {
     let p = MAP.load(Acquire);
     if p == 0 || guard::is_lost(LEDGER) {
@@ -395,6 +396,7 @@ fn my_slot(h: &Header) -> Option<usize> {
 
 /// The ledger and this process's slot, when the slot is claimed and still
 /// ours: what the lock-free path needs.
+#[inline]
 fn mine() -> Option<(&'static Header, usize)> {
     let h = header()?;
     let i = MY_SLOT.load(Relaxed);
@@ -476,6 +478,7 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 /// The common path takes no lock: a compare-and-swap on `used` and an add on
 /// our slot. The mutex is taken to claim our slot, to reclaim dead members
 /// when short, and while a rebuild is fenced.
+#[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
     let me = u32::from(count_caller);
     if let Some((h, i)) = mine()
@@ -483,6 +486,14 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
     {
         return (!guard::is_lost(LEDGER)).then_some(e);
     }
+    enter_locked(want, need, me)
+}
+
+/// `enter` under the mutex: the first entry (to claim a slot), a reclaim
+/// due, or a rebuild fenced.
+#[cold]
+#[inline(never)]
+fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
     let h = header()?;
     let l = Locked::new(h).ok()?;
     let Some(i) = my_slot(l.h) else {
@@ -508,6 +519,7 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
 /// The region entered with `extras` ended. Never gives back more than this
 /// process holds: a forked child ending a region its parent entered is a
 /// no-op. False when the shared ledger is not in use (or was lost).
+#[inline]
 pub fn leave(extras: u32, count_caller: bool) -> bool {
     let n = extras + u32::from(count_caller);
     if let Some((h, i)) = mine()
@@ -515,6 +527,13 @@ pub fn leave(extras: u32, count_caller: bool) -> bool {
     {
         return !guard::is_lost(LEDGER);
     }
+    leave_locked(n)
+}
+
+/// `leave` under the mutex (a rebuild fenced, or no slot of ours).
+#[cold]
+#[inline(never)]
+fn leave_locked(n: u32) -> bool {
     let Some(h) = header() else { return false };
     let l = match Locked::new(h) {
         Ok(l) => l,

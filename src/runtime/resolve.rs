@@ -72,6 +72,7 @@ fn slot_of(key: usize) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) % CACHE_SLOTS
 }
 
+#[inline]
 fn cache_get(key: usize) -> Option<Target> {
     let start = slot_of(key);
     let now = GENERATION.load(Acquire);
@@ -123,11 +124,19 @@ fn cache_put(key: usize, target: Target) {
 /// address is `ret`. The answer is decided once per caller object (every
 /// call site of one object goes to the same copy, as the loader bound them
 /// all to one) and then cached per call site for the hot path.
+#[inline]
 pub fn resolve(ret: usize, hook: u8, name: &CStr) -> Option<Target> {
     let key = cache_key(ret, hook);
     if let Some(t) = cache_get(key) {
         return Some(t);
     }
+    resolve_new(ret, hook, key, name)
+}
+
+/// A call site met for the first time (or since an unload).
+#[cold]
+#[inline(never)]
+fn resolve_new(ret: usize, hook: u8, key: usize, name: &CStr) -> Option<Target> {
     let obj = binding::object_at(ret);
     if let Some(o) = obj
         && let Some(t) = cache_get(object_key(o.lo, hook))
