@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The ledger's size and field offsets (src/ledger/layout.rs, checked by
 /// its unit test `layout_is_what_the_tests_and_readers_assume`).
-const SIZE: usize = 10320;
+const SIZE: usize = 43136;
 const VERSION_AT: usize = 8;
 const SIZE_FIELD_AT: usize = 12;
 const BUDGET_AT: usize = 16;
@@ -138,7 +138,7 @@ echo room_bytes=$(( $(stat -c '%b * %B' /dev/shm/parbudget-room) ))
         assert_eq!(lines.len(), 1, "{case}: one line:\n{err}");
         assert!(
             lines[0].contains("WARN ledger_fallback")
-                && lines[0].contains("no space to reserve its 10320 bytes")
+                && lines[0].contains("no space to reserve its 43136 bytes")
                 && lines[0].contains("a ledger for this process only"),
             "{case}: {err}"
         );
@@ -263,18 +263,18 @@ fn a_ledger_shrunk_zeroed_overwritten_grown_or_renamed_over_crashes_none() {
         ),
         (
             "zeroed",
-            "dd if=/dev/zero of=/dev/shm$N bs=10320 count=1 conv=notrunc 2>/dev/null",
+            "dd if=/dev/zero of=/dev/shm$N bs=43136 count=1 conv=notrunc 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         (
             "overwritten",
-            "head -c 10320 /dev/urandom | dd of=/dev/shm$N bs=10320 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
+            "head -c 43136 /dev/urandom | dd of=/dev/shm$N bs=43136 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         ("grown", "truncate -s 1M /dev/shm$N", None),
         (
             "renamed",
-            "head -c 10320 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
+            "head -c 43136 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
             None,
         ),
     ];
@@ -500,12 +500,12 @@ fn each_refused_ledger_is_named_in_one_line_and_the_process_runs_alone() {
                 patched(good.clone(), VERSION_AT, &1u32.to_ne_bytes()),
                 0o600,
             ),
-            "version 1, expected 2",
+            "version 1, expected 3",
         ),
         (
             "size",
             Make::Bytes([good.clone(), vec![0]].concat(), 0o600),
-            "wrong size 10321, expected 10320",
+            "wrong size 43137, expected 43136",
         ),
         (
             "size_field",

@@ -117,13 +117,10 @@ pub unsafe extern "C" fn parbudget_report_json(buf: *mut u8, len: usize) -> isiz
     })
 }
 
-fn mean_team(s: &runtime::Stats) -> f64 {
-    let r = s.regions.load(Relaxed);
-    if r == 0 {
-        0.0
-    } else {
-        s.team_sum.load(Relaxed) as f64 / r as f64
-    }
+/// Regions (or sized calls) of copy `i` and their mean team.
+fn regions_and_mean(i: usize, s: &runtime::Stats) -> (u64, f64) {
+    let (r, t) = runtime::regions_and_teams(i, s);
+    (r, if r == 0 { 0.0 } else { t as f64 / r as f64 })
 }
 
 /// What made a report be written: the process's end, the report signal, or
@@ -160,6 +157,7 @@ fn write_json(o: &mut impl Write, s: &Settings, trigger: Trigger) -> fmt::Result
     )?;
     for (i, c) in runtime::copies() {
         let st = &c.stats;
+        let (regions, mean) = regions_and_mean(i, st);
         write!(
             o,
             "{}{{\"kind\":\"{}\",\"impl\":\"{}\",\"path\":{},\"threads_created\":{},\"threads_live\":{},\"threads_peak\":{},\"requested_max\":{},\"clamped\":{},\"regions\":{},\"mean_team\":{:.3},\"requests_cut\":{},\"over_budget\":{}}}",
@@ -172,8 +170,8 @@ fn write_json(o: &mut impl Write, s: &Settings, trigger: Trigger) -> fmt::Result
             st.threads_peak.load(Relaxed),
             st.requested_max.load(Relaxed),
             st.clamped.load(Relaxed),
-            st.regions.load(Relaxed),
-            mean_team(st),
+            regions,
+            mean,
             st.cut.load(Relaxed),
             st.over_budget.load(Relaxed),
         )?;
@@ -241,8 +239,9 @@ fn write_table(o: &mut Out, s: &Settings, trigger: Trigger) -> fmt::Result {
         "mean_team",
         "over"
     )?;
-    for (_, c) in runtime::copies() {
+    for (i, c) in runtime::copies() {
         let st = &c.stats;
+        let (regions, mean) = regions_and_mean(i, st);
         write!(
             o,
             "  {:<10} {:<6} {:>7} {:>5} {:>5} {:>9} {:>7} {:>8} {:>9.2} {:>5}  ",
@@ -253,8 +252,8 @@ fn write_table(o: &mut Out, s: &Settings, trigger: Trigger) -> fmt::Result {
             st.threads_peak.load(Relaxed),
             st.requested_max.load(Relaxed),
             st.clamped.load(Relaxed),
-            st.regions.load(Relaxed),
-            mean_team(st),
+            regions,
+            mean,
             st.over_budget.load(Relaxed)
         )?;
         o.buf.push_bytes(c.path());

@@ -4,6 +4,7 @@
 //! compiler reach them all through one address.
 
 use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, Ordering::*};
 
 pub struct ThreadState {
     /// boundary: true while this thread runs our own bookkeeping.
@@ -17,7 +18,15 @@ pub struct ThreadState {
     /// fork: copies (bits) whose regions run serially on this thread (a
     /// forked child whose pool could not be freed first).
     pub serial: Cell<u64>,
+    /// ledger: this thread's cell in its process's slot of the shared ledger
+    /// (`NO_CELL`: none), valid in the process `cell_pid` only (a forked
+    /// child's thread claims its own).
+    pub cell: Cell<u8>,
+    pub cell_pid: Cell<i32>,
 }
+
+/// `cell` when the thread has no cell (all were taken).
+pub const NO_CELL: u8 = u8::MAX;
 
 thread_local! {
     static STATE: ThreadState = const {
@@ -27,8 +36,71 @@ thread_local! {
             promised: Cell::new(0),
             master_of: Cell::new(0),
             serial: Cell::new(0),
+            cell: Cell::new(NO_CELL),
+            cell_pid: Cell::new(0),
         }
     };
+}
+
+/// Cells per process: the first CELLS threads of a process that enter
+/// regions each get one, an index that only they write under (their cell of
+/// the shared ledger, their row of region counts); the others share counts
+/// changed by read-modify-write.
+pub const CELLS: usize = 16;
+
+/// The cells this process has handed out: `pid << 32 | bits`. A word of
+/// another pid (inherited through fork) counts as none handed out.
+static CELLS_TAKEN: AtomicU64 = AtomicU64::new(0);
+
+/// This thread's cell in process `pid`, claimed at the first call. None when
+/// every cell is taken.
+#[inline]
+pub fn cell(pid: i32) -> Option<usize> {
+    with(|t| {
+        if t.cell_pid.get() == pid {
+            let c = t.cell.get();
+            return (c != NO_CELL).then_some(usize::from(c));
+        }
+        let c = claim_cell(pid);
+        t.cell.set(c.map_or(NO_CELL, |c| c as u8));
+        t.cell_pid.set(pid);
+        c
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn claim_cell(pid: i32) -> Option<usize> {
+    let mut got = None;
+    let _ = CELLS_TAKEN.fetch_update(AcqRel, Acquire, |w| {
+        let bits = if (w >> 32) as i32 == pid { w as u32 } else { 0 };
+        let free = (!bits).trailing_zeros() as usize;
+        got = (free < CELLS).then_some(free);
+        got.map(|c| (u64::from(pid as u32) << 32) | u64::from(bits | 1 << c))
+    });
+    if let Some(c) = got {
+        crate::runtime::claim_count_row(c, pid);
+    }
+    got
+}
+
+/// This thread ends: its cell in process `pid`, if it has one, and forgets
+/// it. The caller hands it back with `give_back_cell` when nothing of the
+/// thread's is left in it.
+pub fn cell_of_ending_thread(pid: i32) -> Option<usize> {
+    with(|t| {
+        let c = t.cell.get();
+        let mine = t.cell_pid.get() == pid && c != NO_CELL;
+        t.cell_pid.set(0);
+        mine.then_some(usize::from(c))
+    })
+}
+
+/// Cell `c` of process `pid` can serve another thread.
+pub fn give_back_cell(pid: i32, c: usize) {
+    let _ = CELLS_TAKEN.fetch_update(AcqRel, Acquire, |w| {
+        ((w >> 32) as i32 == pid).then_some(w & !(1 << c))
+    });
 }
 
 /// Runs `f` with this thread's state.

@@ -689,8 +689,9 @@ fn read_ledger(name: &str) -> Result<Value, String> {
         if pid == 0 {
             continue;
         }
-        let held = u32_at(base + core::mem::offset_of!(layout::Slot, held));
-        held_sum += u64::from(held);
+        // Its slot's count and its threads' cells.
+        let held = layout::member_held(&img, i);
+        held_sum += held;
         members.push(serde_json::json!({
             "pid": pid,
             "held": held,

@@ -35,7 +35,7 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         return (t.real, Grant::default());
     };
     let g = fenced(Grant::default(), || {
-        let Some(c) = t.copy.and_then(runtime::copy) else {
+        let Some((i, c)) = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c))) else {
             return Grant::default();
         };
         if c.imp != Impl::Openblas || c.blas_parallel() != 2 {
@@ -58,7 +58,7 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         let config = c.blas_config.load(Relaxed);
         // OpenBLAS splits each call's work by the count it reads when the
         // call starts: any size is correct, so the call gets what fits.
-        let g = grant::take(Some(c), config, s.cores(), false);
+        let g = grant::take(Some((i, c)), config, s.cores(), false);
         if g.team() != cur {
             c.set_threads(g.team());
         }

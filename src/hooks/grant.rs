@@ -95,7 +95,7 @@ impl Drop for GiveBack {
 /// and records it in `copy`'s stats. `exact`: the call gets every thread it
 /// asked for (up to the cap), over the budget if need be.
 #[inline]
-pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Grant {
+pub fn take(copy: Option<(usize, &RuntimeCopy)>, asked: u32, cap: u32, exact: bool) -> Grant {
     let want = asked.clamp(1, cap.max(1));
     let caller = held_here() == 0;
     let need = if exact { want - 1 } else { 0 };
@@ -107,11 +107,10 @@ pub fn take(copy: Option<&RuntimeCopy>, asked: u32, cap: u32, exact: bool) -> Gr
         counted: true,
         caller,
     };
-    if let Some(c) = copy {
+    if let Some((i, c)) = copy {
         let team = g.team();
         c.stats.note_request(asked);
-        c.stats.regions.fetch_add(1, Relaxed);
-        c.stats.team_sum.fetch_add(u64::from(team), Relaxed);
+        crate::runtime::count_region(i, &c.stats, team);
         if team < asked {
             c.stats.cut.fetch_add(1, Relaxed);
         }

@@ -96,7 +96,7 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         let Some(s) = settings else {
             return Grant::default();
         };
-        let Some(c) = t.copy.and_then(runtime::copy) else {
+        let Some((i, c)) = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c))) else {
             return Grant::default();
         };
         let (Some(gtid_fn), Some(push_fn)) = (
@@ -115,7 +115,7 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
             grant::promised(),
             icv_of(Some(c), cap),
         );
-        let g = grant::take(Some(c), asked, cap, exact);
+        let g = grant::take(Some((i, c)), asked, cap, exact);
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).
         unsafe {

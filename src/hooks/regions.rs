@@ -10,7 +10,6 @@ use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::cell::Cell;
 use core::ffi::{c_long, c_uint, c_void};
-use core::sync::atomic::Ordering::Relaxed;
 use log::debug;
 
 thread_local! {
@@ -127,8 +126,7 @@ fn size(
     if let Some((i, c)) = copy {
         if fork::serial_here(i) {
             fork::child_region(c, hook.name(), serial_is_safe(requested, shape), requested);
-            c.stats.regions.fetch_add(1, Relaxed);
-            c.stats.team_sum.fetch_add(1, Relaxed);
+            runtime::count_region(i, &c.stats, 1);
             return Entry {
                 team: 1,
                 ..passthrough
@@ -150,7 +148,7 @@ fn size(
         grant::promised(),
         icv_of(copy.map(|(_, c)| c), cap),
     );
-    let g = grant::take(copy.map(|(_, c)| c), asked, cap, exact);
+    let g = grant::take(copy, asked, cap, exact);
     if let Some((i, c)) = copy
         && g.team() > 1
         && c.imp == Impl::Libgomp

@@ -49,6 +49,8 @@ extern "C" fn thread_ended(value: *mut c_void) {
     let _ = stats_of(value as usize - 1)
         .threads_live
         .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+    // Its ledger cell goes back to the process for the next thread.
+    super::fenced((), crate::ledger::release_cell);
 }
 
 fn key() -> Option<libc::pthread_key_t> {

@@ -11,7 +11,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PBLEDGR1");
 /// but not MAGIC is a ledger of another format, not garbage.
 const MAGIC_FAMILY: &[u8; 7] = b"PBLEDGR";
 /// 2: `used` carries FENCE, and each slot has an in-flight count (`busy`).
-pub const VERSION: u32 = 2;
+/// 3: each slot has per-thread cells (`cells`).
+pub const VERSION: u32 = 3;
 pub const SLOTS: usize = 512;
 /// Threads one slot (or the whole ledger) may hold: callers always run and
 /// promised teams are kept over the budget, so this is a sanity bound only.
@@ -36,6 +37,18 @@ pub struct Slot {
 /// shared.rs): no count may change under it.
 pub const FENCE: u32 = 1 << 31;
 
+/// Cells per member: one per thread of that process that enters regions,
+/// for its first CELLS such threads (the others count in the slot's `held`).
+pub const CELLS: usize = 16;
+/// A cell's in-flight bit (see shared.rs); the other bits are the threads its
+/// thread holds.
+pub const CELL_BUSY: u32 = 1 << 31;
+
+/// One member's cells, one cache line: each cell is written by one thread
+/// of that member only, with plain stores (shared.rs, "Cells").
+#[repr(C, align(64))]
+pub struct Cells(pub [AtomicU32; CELLS]);
+
 #[repr(C)]
 pub struct Header {
     pub magic: u64,
@@ -53,6 +66,9 @@ pub struct Header {
     /// now (lock-free; shared.rs). Any value passes validation: it is only
     /// ever waited on, with a deadline, for live members.
     pub busy: [AtomicU32; SLOTS],
+    /// Per slot: the threads held by each of its threads that has a cell,
+    /// with CELL_BUSY while that thread changes `used` (shared.rs).
+    pub cells: [Cells; SLOTS],
 }
 
 pub const SIZE: usize = core::mem::size_of::<Header>();
@@ -198,8 +214,30 @@ pub fn check(img: &[u8], lock_kind: Option<i32>) -> Result<(), Invalid> {
         if held > MAX_HELD {
             return Err(Invalid::SlotHeld(i, held));
         }
+        for c in 0..CELLS {
+            let cell = u32_at(img, cell_at(i, c)) & !CELL_BUSY;
+            if cell > MAX_HELD {
+                return Err(Invalid::SlotHeld(i, cell));
+            }
+        }
     }
     Ok(())
+}
+
+/// Where cell `c` of slot `i` is in an image.
+fn cell_at(i: usize, c: usize) -> usize {
+    offset_of!(Header, cells) + i * core::mem::size_of::<Cells>() + c * 4
+}
+
+/// The threads member slot `i` holds in an image (a checked one): its
+/// slot's count and its cells'. For the launcher's `parbudget ledger`.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn member_held(img: &[u8], i: usize) -> u64 {
+    let slot = offset_of!(Header, slots) + i * core::mem::size_of::<Slot>();
+    let cells: u64 = (0..CELLS)
+        .map(|c| u64::from(u32_at(img, cell_at(i, c)) & !CELL_BUSY))
+        .sum();
+    u64::from(u32_at(img, slot + offset_of!(Slot, held))) + cells
 }
 
 #[cfg(test)]
@@ -240,6 +278,22 @@ pub mod tests {
     fn with(mut img: Vec<u8>, at: usize, b: &[u8]) -> Vec<u8> {
         img[at..at + b.len()].copy_from_slice(b);
         img
+    }
+
+    #[test]
+    fn a_member_holds_its_slot_count_and_its_cells() {
+        let img = valid_image();
+        assert_eq!(member_held(&img, 0), 2);
+        // A cell's in-flight bit is not a thread.
+        let img = with(img, cell_at(0, 3), &(5 | CELL_BUSY).to_ne_bytes());
+        let img = with(img, cell_at(0, CELLS - 1), &1u32.to_ne_bytes());
+        assert_eq!(member_held(&img, 0), 8);
+        assert_eq!(check(&img, Some(KIND)), Ok(()));
+        let bad = with(img, cell_at(7, 0), &(MAX_HELD + 1).to_ne_bytes());
+        assert_eq!(
+            check(&bad, Some(KIND)),
+            Err(Invalid::SlotHeld(7, MAX_HELD + 1))
+        );
     }
 
     #[test]
@@ -379,6 +433,9 @@ pub mod tests {
                 && (0..SLOTS).all(|i| {
                     let s = offset_of!(Header, slots) + i * 16;
                     (0..=MAX_PID).contains(&i32_at(&img, s)) && u32_at(&img, s + 4) <= MAX_HELD
+                })
+                && (0..SLOTS).all(|i| {
+                    (0..CELLS).all(|c| u32_at(&img, cell_at(i, c)) & !CELL_BUSY <= MAX_HELD)
                 });
             let expect = if in_range { Ok(()) } else { Err(()) };
             prop_assert_eq!(got.map_err(|_| ()), expect);

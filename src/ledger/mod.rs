@@ -53,6 +53,11 @@ pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
     }
 }
 
+/// A thread ends: its shared-ledger cell can serve another thread.
+pub fn release_cell() {
+    shared::release_cell();
+}
+
 /// The region entered with `extras` (and the same `count_caller`) ended.
 #[inline]
 pub fn leave(extras: u32, count_caller: bool) {
@@ -386,5 +391,10 @@ mod tests {
     #[test]
     fn the_layout_bound_is_the_budget_bound() {
         assert_eq!(super::layout::MAX_BUDGET, crate::budget::MAX_CORES);
+    }
+
+    #[test]
+    fn the_ledger_has_a_cell_for_every_cell_a_thread_can_claim() {
+        assert_eq!(super::layout::CELLS, crate::thread_state::CELLS);
     }
 }

@@ -58,10 +58,11 @@
 //! `/parbudget-myjob`); the first one creates it.
 
 use super::guard::{self, LEDGER, Loss, PROBE};
-use super::layout::{self, FENCE, Header, MAGIC, MAX_HELD, SIZE, SLOTS, VERSION};
+use super::layout::{self, CELL_BUSY, FENCE, Header, MAGIC, MAX_HELD, SIZE, SLOTS, VERSION};
 use super::local::Entered;
 use crate::process;
 use crate::stackbuf::{Quoted, StackBuf};
+use crate::thread_state;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
 use log::{debug, info, warn};
@@ -283,8 +284,9 @@ fn reclaim_dead(h: &Header, always: bool) -> bool {
         if live[i / 64] & (1 << (i % 64)) == 0 {
             continue;
         }
+        let cells = &h.cells[i].0;
         let mut spins = 0u32;
-        while b.load(SeqCst) != 0 {
+        while b.load(SeqCst) != 0 || cells.iter().any(|c| c.load(SeqCst) & CELL_BUSY != 0) {
             spins += 1;
             if spins < 64 {
                 core::hint::spin_loop();
@@ -305,9 +307,11 @@ fn reclaim_dead(h: &Header, always: bool) -> bool {
             continue;
         }
         if live[i / 64] & (1 << (i % 64)) != 0 {
-            live_held = live_held.saturating_add(s.held.load(SeqCst));
+            live_held = live_held
+                .saturating_add(s.held.load(SeqCst))
+                .saturating_add(cells_held(h, i));
         } else {
-            let held = s.held.swap(0, Relaxed);
+            let held = s.held.swap(0, Relaxed).saturating_add(clear_cells(h, i));
             h.busy[i].store(0, Relaxed);
             s.pid.store(0, Relaxed);
             if held > 0 {
@@ -371,7 +375,10 @@ fn my_slot(h: &Header) -> Option<usize> {
         .iter()
         .position(|s| s.pid.load(Relaxed) == pid && s.start_time.load(Relaxed) == start)
     {
-        let old = h.slots[j].held.swap(0, SeqCst);
+        let old = h.slots[j]
+            .held
+            .swap(0, SeqCst)
+            .saturating_add(clear_cells(h, j));
         sub_used(h, old);
         MY_SLOT.store(j, Relaxed);
         return Some(j);
@@ -388,6 +395,7 @@ fn my_slot(h: &Header) -> Option<usize> {
     let s = &h.slots[i];
     s.held.store(0, Relaxed);
     h.busy[i].store(0, Relaxed);
+    clear_cells(h, i);
     s.start_time.store(start, Relaxed);
     s.pid.store(pid, Relaxed);
     MY_SLOT.store(i, Relaxed);
@@ -401,6 +409,118 @@ fn mine() -> Option<(&'static Header, usize)> {
     let h = header()?;
     let i = MY_SLOT.load(Relaxed);
     (i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid()).then_some((h, i))
+}
+
+// ---------------------------------------------------------------------------
+// Cells: the common path with one locked instruction per change.
+//
+// A thread of a member that enters regions gets a cell of that member's slot
+// (the first CELLS such threads; the others count in the slot's `held`). A
+// cell holds the threads its thread holds, and CELL_BUSY while that thread
+// changes `used`; only that thread writes it (and the mutex holder, for a
+// dead member or a slot being claimed), so it is written with plain stores:
+//  1. store CELL_BUSY in the cell (the announcement);
+//  2. one compare-and-swap on `used`, which fails while FENCE is set: the
+//     change is then withdrawn (the cell restored) and retried under the
+//     mutex;
+//  3. store the new count in the cell, which takes CELL_BUSY off (Release).
+// A rebuild sets FENCE with a read-modify-write of `used` and then reads the
+// cells (Acquire). If our compare-and-swap came first in `used`'s order, the
+// rebuild's read-modify-write synchronises with it, so it sees our
+// announcement (or our final count) and waits; if it came later, it fails on
+// FENCE. So the rebuild's sum never misses a change half done.
+// ---------------------------------------------------------------------------
+
+/// A thread of ours ends: its cell goes back to the process, unless it still
+/// counts threads (a region it never left: the count stays where a reclaim
+/// finds it).
+pub fn release_cell() {
+    let pid = process::pid();
+    let Some(c) = thread_state::cell_of_ending_thread(pid) else {
+        return;
+    };
+    if mine().is_some_and(|(h, i)| h.cells[i].0[c].load(Relaxed) != 0) {
+        return;
+    }
+    thread_state::give_back_cell(pid, c);
+}
+
+/// The threads slot `i`'s cells hold.
+fn cells_held(h: &Header, i: usize) -> u32 {
+    h.cells[i]
+        .0
+        .iter()
+        .fold(0u32, |a, c| a.saturating_add(c.load(SeqCst) & !CELL_BUSY))
+}
+
+/// Empties slot `i`'s cells (a dead member's, or a slot being claimed);
+/// returns what they held. Caller holds the mutex.
+fn clear_cells(h: &Header, i: usize) -> u32 {
+    h.cells[i].0.iter().fold(0u32, |a, c| {
+        a.saturating_add(c.swap(0, SeqCst) & !CELL_BUSY)
+    })
+}
+
+/// `count_entry` for a thread with cell `c` (see "Cells"). `gated`: false
+/// under the mutex, where no rebuild can start (FENCE is kept as found).
+fn count_entry_cell(
+    h: &Header,
+    i: usize,
+    c: usize,
+    want: u32,
+    need: u32,
+    me: u32,
+    gated: bool,
+) -> Change<Entered> {
+    let cell = &h.cells[i].0[c];
+    let held = cell.load(Relaxed) & !CELL_BUSY;
+    if gated {
+        cell.store(held | CELL_BUSY, Relaxed);
+    }
+    let mut u = h.used.load(SeqCst);
+    loop {
+        let used = u & !FENCE;
+        let short = want > 0 && used.saturating_add(me + want) > h.budget;
+        if gated && (u & FENCE != 0 || (short && scan_due())) {
+            cell.store(held, Release);
+            return Change::Locked;
+        }
+        let e =
+            super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
+        let to = (u & FENCE) | used.saturating_add(me + e.extras).min(MAX_HELD);
+        match h.used.compare_exchange_weak(u, to, SeqCst, SeqCst) {
+            Ok(_) => {
+                cell.store(held.saturating_add(me + e.extras).min(MAX_HELD), Release);
+                return Change::Done(e);
+            }
+            Err(now) => u = now,
+        }
+    }
+}
+
+/// `count_exit` for a thread with cell `c`: never more than the cell holds.
+fn count_exit_cell(h: &Header, i: usize, c: usize, n: u32, gated: bool) -> Change<()> {
+    let cell = &h.cells[i].0[c];
+    let held = cell.load(Relaxed) & !CELL_BUSY;
+    let d = held.min(n);
+    if d == 0 {
+        return Change::Done(());
+    }
+    if !gated {
+        cell.store(held - d, Release);
+        sub_used(h, d);
+        return Change::Done(());
+    }
+    cell.store(held | CELL_BUSY, Relaxed);
+    let took = h.used.fetch_update(SeqCst, SeqCst, |u| {
+        (u & FENCE == 0).then(|| u.saturating_sub(d))
+    });
+    if took.is_err() {
+        cell.store(held, Release);
+        return Change::Locked;
+    }
+    cell.store(held - d, Release);
+    Change::Done(())
 }
 
 /// What a change of the counts found.
@@ -475,16 +595,21 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 /// `need` of them): counts it and grants what fits, or what it needs. `None`
 /// if the shared ledger is not in use (or was lost).
 ///
-/// The common path takes no lock: a compare-and-swap on `used` and an add on
-/// our slot. The mutex is taken to claim our slot, to reclaim dead members
-/// when short, and while a rebuild is fenced.
+/// The common path takes no lock: a compare-and-swap on `used` and plain
+/// stores to this thread's cell (see "Cells"; a thread without a cell adds to
+/// our slot's `held`, announced in `busy`). The mutex is taken to claim our
+/// slot, to reclaim dead members when short, and while a rebuild is fenced.
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(e) = lock_free(h, i, || count_entry(h, i, want, need, me, true))
-    {
-        return (!guard::is_lost(LEDGER)).then_some(e);
+    if let Some((h, i)) = mine() {
+        let r = match thread_state::cell(process::pid()) {
+            Some(c) => count_entry_cell(h, i, c, want, need, me, true),
+            None => lock_free(h, i, || count_entry(h, i, want, need, me, true)),
+        };
+        if let Change::Done(e) = r {
+            return (!guard::is_lost(LEDGER)).then_some(e);
+        }
     }
     enter_locked(want, need, me)
 }
@@ -510,7 +635,11 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
         scanned();
         reclaim_dead(h, false);
     }
-    match count_entry(h, i, want, need, me, false) {
+    let r = match thread_state::cell(process::pid()) {
+        Some(c) => count_entry_cell(h, i, c, want, need, me, false),
+        None => count_entry(h, i, want, need, me, false),
+    };
+    match r {
         Change::Done(e) => Some(e),
         Change::Locked => None,
     }
@@ -522,10 +651,14 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
 #[inline]
 pub fn leave(extras: u32, count_caller: bool) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(()) = lock_free(h, i, || count_exit(h, i, n, true))
-    {
-        return !guard::is_lost(LEDGER);
+    if let Some((h, i)) = mine() {
+        let r = match thread_state::cell(process::pid()) {
+            Some(c) => count_exit_cell(h, i, c, n, true),
+            None => lock_free(h, i, || count_exit(h, i, n, true)),
+        };
+        if let Change::Done(()) = r {
+            return !guard::is_lost(LEDGER);
+        }
     }
     leave_locked(n)
 }
@@ -541,8 +674,12 @@ fn leave_locked(n: u32) -> bool {
         Err(NoLock::Lost) => return false,
     };
     let i = MY_SLOT.load(Relaxed);
-    if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == process::pid() {
-        let _ = count_exit(h, i, n, false);
+    let pid = process::pid();
+    if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == pid {
+        let _ = match thread_state::cell(pid) {
+            Some(c) => count_exit_cell(h, i, c, n, false),
+            None => count_exit(h, i, n, false),
+        };
     }
     true
 }
@@ -559,7 +696,7 @@ pub fn leave_tree() -> bool {
     };
     let s = &l.h.slots[i];
     if s.pid.load(Relaxed) == process::pid() {
-        let held = s.held.swap(0, SeqCst);
+        let held = s.held.swap(0, SeqCst).saturating_add(clear_cells(h, i));
         sub_used(h, held);
         s.pid.store(0, Relaxed);
     }
@@ -619,7 +756,12 @@ pub fn free_for(want: u32) -> Option<u32> {
 /// lock (each number is a single atomic load).
 pub fn audit() -> Option<super::Audit> {
     let h = header()?;
-    let held_here = mine().map_or(0, |(h, i)| h.slots[i].held.load(Relaxed));
+    let held_here = mine().map_or(0, |(h, i)| {
+        h.slots[i]
+            .held
+            .load(Relaxed)
+            .saturating_add(cells_held(h, i))
+    });
     let a = super::Audit {
         shared: true,
         budget: h.budget,
@@ -973,26 +1115,39 @@ mod tests {
         // The header is not Sync (its mutex cell); the threads touch only
         // atomics and plain fields no one writes any more.
         let hp = h as *const Header as usize;
+        // Workers 0 and 2 count in their cells, 1 and 3 in the slot.
         let workers: Vec<_> = (0..4)
-            .map(|_| {
+            .map(|w| {
                 std::thread::spawn(move || {
                     // SAFETY: the leaked allocation above, alive for the test.
                     let h: &Header = unsafe { &*(hp as *const Header) };
+                    let entry = |want| {
+                        if w % 2 == 0 {
+                            count_entry_cell(h, 0, w, want, 0, 1, true)
+                        } else {
+                            lock_free(h, 0, || count_entry(h, 0, want, 0, 1, true))
+                        }
+                    };
+                    let exit = |n| {
+                        if w % 2 == 0 {
+                            count_exit_cell(h, 0, w, n, true)
+                        } else {
+                            lock_free(h, 0, || count_exit(h, 0, n, true))
+                        }
+                    };
                     let mut over = 0;
                     let mut k = 0u32;
                     while REBUILDS.load(Relaxed) < 20_000 || k < 20_000 {
                         k += 1;
                         let want = k % 3;
                         let e = loop {
-                            match lock_free(h, 0, || count_entry(h, 0, want, 0, 1, true)) {
+                            match entry(want) {
                                 Change::Done(e) => break e,
                                 Change::Locked => std::thread::yield_now(),
                             }
                         };
                         over += u32::from(e.over);
-                        while let Change::Locked =
-                            lock_free(h, 0, || count_exit(h, 0, e.extras + 1, true))
-                        {
+                        while let Change::Locked = exit(e.extras + 1) {
                             std::thread::yield_now();
                         }
                     }
@@ -1020,6 +1175,7 @@ mod tests {
         let rebuilds = rebuilder.join().unwrap();
         assert!(rebuilds > 0, "the rebuilds ran");
         assert_eq!(h.slots[0].held.load(Relaxed), 0);
+        assert_eq!(cells_held(h, 0), 0);
         assert_eq!(h.used.load(Relaxed), 0, "after {rebuilds} rebuilds");
     }
 
@@ -1082,6 +1238,38 @@ mod tests {
         assert!(!reclaim_dead(h, true), "deferred");
         assert!(t.elapsed() >= Duration::from_millis(FENCE_PATIENCE_MS - 5));
         assert_eq!(h.used.load(SeqCst), 3, "fence down, counts untouched");
+        h.slots[0].held.fetch_add(2, SeqCst);
+        h.busy[0].fetch_sub(1, SeqCst);
+
+        // The same through a cell: an entry stopped after its announcement
+        // and its compare-and-swap holds the rebuild back.
+        let cell = &h.cells[0].0[5];
+        cell.store(CELL_BUSY, Relaxed);
+        h.used.fetch_add(1, SeqCst);
+        let rebuild = std::thread::spawn(move || {
+            // SAFETY: the allocation above lives until the test ends.
+            reclaim_dead(unsafe { &*(hp as *const Header) }, true)
+        });
+        let t = Instant::now();
+        while h.used.load(SeqCst) & FENCE == 0 {
+            assert!(t.elapsed() < Duration::from_secs(2), "the fence goes up");
+            std::thread::yield_now();
+        }
+        // Another thread's cell change meets the fence and is withdrawn.
+        let other = &h.cells[0].0[6];
+        other.store(1, Relaxed);
+        assert!(matches!(
+            count_entry_cell(h, 0, 6, 1, 0, 1, true),
+            Change::Locked
+        ));
+        assert!(matches!(count_exit_cell(h, 0, 6, 1, true), Change::Locked));
+        assert_eq!(other.load(Relaxed), 1, "withdrawn: the cell as it was");
+        assert_eq!(h.used.load(SeqCst), 4 | FENCE, "nothing moved");
+        // The stopped entry finishes: the rebuild sums slot and cells.
+        cell.store(1, Release);
+        assert!(rebuild.join().unwrap(), "the rebuild completed");
+        assert_eq!(h.used.load(SeqCst), 3 + 1 + 1, "slot 3, cells 1 + 1");
+        assert_eq!(cells_held(h, 0), 2);
     }
 
     /// ledger truncated while thread A holds its lock and thread B waits for

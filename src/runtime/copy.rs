@@ -79,6 +79,85 @@ impl Stats {
 /// Threads made by the program and libraries that are not runtimes.
 pub static OTHER: Stats = Stats::new();
 
+/// Region counts of one copy in one cell's row.
+struct Counts {
+    regions: AtomicU64,
+    team_sum: AtomicU64,
+}
+
+/// The region counts of the threads that held one cell (thread_state::cell)
+/// in process `pid`, per copy: written by the cell's thread only, with plain
+/// stores, so a region costs no locked instruction for its statistics. Rows
+/// outlive their threads (a cell's next thread adds to them); a row of
+/// another pid (inherited through fork) counts as empty and is cleared when
+/// a thread of the new process claims its cell.
+#[repr(C, align(64))]
+struct CountRow {
+    pid: core::sync::atomic::AtomicI32,
+    copies: [Counts; MAX_COPIES],
+}
+
+static COUNT_ROWS: [CountRow; crate::thread_state::CELLS] = [const {
+    CountRow {
+        pid: core::sync::atomic::AtomicI32::new(0),
+        copies: [const {
+            Counts {
+                regions: AtomicU64::new(0),
+                team_sum: AtomicU64::new(0),
+            }
+        }; MAX_COPIES],
+    }
+}; crate::thread_state::CELLS];
+
+/// A thread of process `pid` claimed cell `c`: a row left by another
+/// process starts over.
+pub fn claim_count_row(c: usize, pid: i32) {
+    let row = &COUNT_ROWS[c];
+    if row.pid.load(Acquire) == pid {
+        return;
+    }
+    for k in &row.copies {
+        k.regions.store(0, Relaxed);
+        k.team_sum.store(0, Relaxed);
+    }
+    row.pid.store(pid, Release);
+}
+
+/// Counts one region (or sized call) of copy `index` with team `team`: in
+/// the calling thread's row if it has a cell, else in the shared counters.
+#[inline]
+pub fn count_region(index: usize, stats: &Stats, team: u32) {
+    let pid = crate::process::pid();
+    if index < MAX_COPIES
+        && let Some(c) = crate::thread_state::cell(pid)
+    {
+        let k = &COUNT_ROWS[c].copies[index];
+        // One writer: this thread (see CountRow).
+        k.regions.store(k.regions.load(Relaxed) + 1, Relaxed);
+        k.team_sum
+            .store(k.team_sum.load(Relaxed) + u64::from(team), Relaxed);
+        return;
+    }
+    stats.regions.fetch_add(1, Relaxed);
+    stats.team_sum.fetch_add(u64::from(team), Relaxed);
+}
+
+/// Regions (or sized calls) of copy `index` so far, and the sum of their teams.
+pub fn regions_and_teams(index: usize, stats: &Stats) -> (u64, u64) {
+    let pid = crate::process::pid_unrecorded();
+    let mut r = stats.regions.load(Relaxed);
+    let mut t = stats.team_sum.load(Relaxed);
+    if index < MAX_COPIES {
+        for row in &COUNT_ROWS {
+            if row.pid.load(Acquire) == pid {
+                r += row.copies[index].regions.load(Relaxed);
+                t += row.copies[index].team_sum.load(Relaxed);
+            }
+        }
+    }
+    (r, t)
+}
+
 /// Registration states of a copy. PENDING copies were seen by
 /// `dl_iterate_phdr` only (from `pthread_create`, where taking the loader's
 /// `dl_load_lock` through dlopen/dladdr could deadlock against a constructor

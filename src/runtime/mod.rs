@@ -22,7 +22,9 @@ pub mod registry;
 pub mod resolve;
 pub mod table;
 
-pub use copy::{OTHER, RuntimeCopy, Stats, apply_budget};
+pub use copy::{
+    OTHER, RuntimeCopy, Stats, apply_budget, claim_count_row, count_region, regions_and_teams,
+};
 pub use kind::{Impl, Kind};
 pub use loader::object_name;
 pub use registry::{
