@@ -77,6 +77,22 @@ macro_rules! restore_xmm {
 }
 pub(crate) use {restore_args, restore_xmm, save_args, save_xmm};
 
+/// One exported naked function for one architecture: the symbol named like
+/// the runtime's, its body the given assembly. Both trampolines below are
+/// made of these.
+macro_rules! naked_export {
+    ($arch:literal, $name:ident, $($asm:tt)*) => {
+        #[cfg(target_arch = $arch)]
+        #[unsafe(naked)]
+        #[cfg_attr(not(test), unsafe(no_mangle))]
+        #[allow(non_snake_case)] // the runtimes' own symbol names
+        pub unsafe extern "C" fn $name() {
+            core::arch::naked_asm!($($asm)*);
+        }
+    };
+}
+pub(crate) use naked_export;
+
 /// Defines an exported symbol `$name` as a trampoline into `$body`, which must
 /// be an `unsafe extern "C-unwind" fn` with the real function's signature.
 ///
@@ -85,59 +101,52 @@ pub(crate) use {restore_args, restore_xmm, save_args, save_xmm};
 /// registers in al), so one trampoline fits every hooked signature.
 /// x86-64: at entry rsp = 8 (mod 16); 7 pushes plus 128 bytes of xmm leave
 /// rsp = 0 (mod 16) for the call, and the return address at rsp + 184.
+/// aarch64: x0-x8 and d0-d7 (the FP argument registers), x30 the return
+/// address.
 macro_rules! trampoline {
     ($name:ident => $body:path) => {
-        #[cfg(target_arch = "x86_64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            core::arch::naked_asm!(
-                $crate::hooks::save_args!(),
-                $crate::hooks::save_xmm!(),
-                "mov rdi, [rsp + 184]",
-                "call {save}",
-                $crate::hooks::restore_xmm!(),
-                $crate::hooks::restore_args!(),
-                "jmp {body}",
-                save = sym $crate::hooks::save_caller,
-                body = sym $body,
-            );
-        }
-        #[cfg(target_arch = "aarch64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            // x0-x8 and d0-d7 (the FP argument registers), x30 the return address.
-            core::arch::naked_asm!(
-                "sub sp, sp, #160",
-                "stp x0, x1, [sp, #0]",
-                "stp x2, x3, [sp, #16]",
-                "stp x4, x5, [sp, #32]",
-                "stp x6, x7, [sp, #48]",
-                "stp x8, x30, [sp, #64]",
-                "stp d0, d1, [sp, #80]",
-                "stp d2, d3, [sp, #96]",
-                "stp d4, d5, [sp, #112]",
-                "stp d6, d7, [sp, #128]",
-                "mov x0, x30",
-                "bl {save}",
-                "ldp x0, x1, [sp, #0]",
-                "ldp x2, x3, [sp, #16]",
-                "ldp x4, x5, [sp, #32]",
-                "ldp x6, x7, [sp, #48]",
-                "ldp x8, x30, [sp, #64]",
-                "ldp d0, d1, [sp, #80]",
-                "ldp d2, d3, [sp, #96]",
-                "ldp d4, d5, [sp, #112]",
-                "ldp d6, d7, [sp, #128]",
-                "add sp, sp, #160",
-                "b {body}",
-                save = sym $crate::hooks::save_caller,
-                body = sym $body,
-            );
-        }
+        $crate::hooks::naked_export!(
+            "x86_64",
+            $name,
+            $crate::hooks::save_args!(),
+            $crate::hooks::save_xmm!(),
+            "mov rdi, [rsp + 184]",
+            "call {save}",
+            $crate::hooks::restore_xmm!(),
+            $crate::hooks::restore_args!(),
+            "jmp {body}",
+            save = sym $crate::hooks::save_caller,
+            body = sym $body,
+        );
+        $crate::hooks::naked_export!(
+            "aarch64",
+            $name,
+            "sub sp, sp, #160",
+            "stp x0, x1, [sp, #0]",
+            "stp x2, x3, [sp, #16]",
+            "stp x4, x5, [sp, #32]",
+            "stp x6, x7, [sp, #48]",
+            "stp x8, x30, [sp, #64]",
+            "stp d0, d1, [sp, #80]",
+            "stp d2, d3, [sp, #96]",
+            "stp d4, d5, [sp, #112]",
+            "stp d6, d7, [sp, #128]",
+            "mov x0, x30",
+            "bl {save}",
+            "ldp x0, x1, [sp, #0]",
+            "ldp x2, x3, [sp, #16]",
+            "ldp x4, x5, [sp, #32]",
+            "ldp x6, x7, [sp, #48]",
+            "ldp x8, x30, [sp, #64]",
+            "ldp d0, d1, [sp, #80]",
+            "ldp d2, d3, [sp, #96]",
+            "ldp d4, d5, [sp, #112]",
+            "ldp d6, d7, [sp, #128]",
+            "add sp, sp, #160",
+            "b {body}",
+            save = sym $crate::hooks::save_caller,
+            body = sym $body,
+        );
     };
 }
 pub(crate) use trampoline;
@@ -149,34 +158,25 @@ pub(crate) use trampoline;
 /// pointers in registers (no stack arguments, no varargs, no vector
 /// registers): nothing is saved and no thread-local is written, so the
 /// caller costs two instructions. `$body` takes the symbol's arguments and
-/// then `ret: usize`.
+/// then `ret: usize`. At entry the return address is at [rsp] (x86-64) or
+/// in x30 (aarch64); a jump or branch keeps it there, so the body returns
+/// straight to the caller.
 macro_rules! trampoline_ret {
     ($name:ident => $body:path, $x86:literal, $arm:literal) => {
-        #[cfg(target_arch = "x86_64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            // At entry [rsp] is the return address; a jump keeps it there, so
-            // the body returns straight to the caller.
-            core::arch::naked_asm!(
-                concat!("mov ", $x86, ", [rsp]"),
-                "jmp {body}",
-                body = sym $body,
-            );
-        }
-        #[cfg(target_arch = "aarch64")]
-        #[unsafe(naked)]
-        #[cfg_attr(not(test), unsafe(no_mangle))]
-        #[allow(non_snake_case)] // the runtimes' own symbol names
-        pub unsafe extern "C" fn $name() {
-            // x30 holds the return address; a branch keeps it for the body.
-            core::arch::naked_asm!(
-                concat!("mov ", $arm, ", x30"),
-                "b {body}",
-                body = sym $body,
-            );
-        }
+        $crate::hooks::naked_export!(
+            "x86_64",
+            $name,
+            concat!("mov ", $x86, ", [rsp]"),
+            "jmp {body}",
+            body = sym $body,
+        );
+        $crate::hooks::naked_export!(
+            "aarch64",
+            $name,
+            concat!("mov ", $arm, ", x30"),
+            "b {body}",
+            body = sym $body,
+        );
     };
 }
 pub(crate) use trampoline_ret;

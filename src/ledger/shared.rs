@@ -3,8 +3,9 @@
 //! Layout (layout.rs): a header (magic, version, size, budget, a
 //! process-shared robust mutex, the count of threads in use) and one slot per
 //! member process (pid, its start time, the threads it has in regions:
-//! callers and extras). Every change happens under the mutex, so
-//! `used == sum(held)` whenever the mutex is free.
+//! callers and extras, in the slot's `held` and in its threads' cells).
+//! Counts change without the mutex (see `reclaim_dead` and "Cells"); `used`
+//! equals the live members' holdings whenever no change is in flight.
 //!
 //! Dying members. The mutex is robust: if a member dies holding it, the next
 //! locker gets EOWNERDEAD and rebuilds `used` from the slots of live members.
@@ -247,18 +248,21 @@ impl Drop for Locked {
 /// found dead (after EOWNERDEAD: the dead holder may have left `used` and its
 /// `held` half-updated, and its pid may already be reused).
 ///
-/// The rebuild protocol (the other half is in `counted`): members change
-/// `used` and their `held` without the mutex, announcing each change in
-/// their slot's `busy`. A member killed between its two updates leaves them
+/// The rebuild protocol (the other half is in `count_entry`/`count_exit` and
+/// "Cells"): members change `used` and their `held` without the mutex,
+/// announcing each change in their slot's `busy` (or in the changing
+/// thread's cell). A member killed between its two updates leaves them
 /// disagreeing, so `used` is never patched by subtraction; it is recomputed:
 ///  1. set FENCE in `used` (no change may start from now on: one that does
 ///     sees FENCE and takes the mutex, which we hold, instead);
-///  2. wait until every live member's `busy` is 0 (changes that started
+///  2. wait until every live member's `busy` is 0 and no cell of it is
+///     marked busy (changes that started
 ///     before the fence are finished; a dead member's count is ignored), with
 ///     a deadline: a member stopped in the middle (SIGSTOP, a debugger)
 ///     defers the reclaim, FENCE is taken off and nothing changes;
-///  3. clear the dead members' slots, sum the live members' `held`, and store
-///     that sum as `used`, which also takes FENCE off.
+///  3. clear the dead members' slots and cells, sum the live members'
+///     `held` and cells, and store that sum as `used`, which also takes
+///     FENCE off.
 ///
 /// Returns false when the reclaim was deferred.
 fn reclaim_dead(h: &Header, always: bool) -> bool {
@@ -1179,6 +1183,23 @@ mod tests {
         assert_eq!(h.used.load(Relaxed), 0, "after {rebuilds} rebuilds");
     }
 
+    /// Starts a rebuild of the header at `hp` (alive until the test ends) on
+    /// another thread and returns once its fence is up.
+    fn rebuild_until_fenced(hp: usize) -> std::thread::JoinHandle<bool> {
+        let rebuild = std::thread::spawn(move || {
+            // SAFETY: the caller's allocation lives until the test ends.
+            reclaim_dead(unsafe { &*(hp as *const Header) }, true)
+        });
+        // SAFETY: as above.
+        let h = unsafe { &*(hp as *const Header) };
+        let t = Instant::now();
+        while h.used.load(SeqCst) & FENCE == 0 {
+            assert!(t.elapsed() < Duration::from_secs(2), "the fence goes up");
+            std::thread::yield_now();
+        }
+        rebuild
+    }
+
     /// The rebuild's fence, step by step: an update in flight (announced,
     /// `used` raised, `held` not yet) holds the rebuild back; a new update
     /// meets the fence and must take the lock; once the update finishes, the
@@ -1203,15 +1224,7 @@ mod tests {
         h.busy[0].fetch_add(1, SeqCst);
         h.used.fetch_add(1, SeqCst);
         let hp = hm as usize;
-        let rebuild = std::thread::spawn(move || {
-            // SAFETY: the allocation above lives until the test ends.
-            reclaim_dead(unsafe { &*(hp as *const Header) }, true)
-        });
-        let t = Instant::now();
-        while h.used.load(SeqCst) & FENCE == 0 {
-            assert!(t.elapsed() < Duration::from_secs(2), "the fence goes up");
-            std::thread::yield_now();
-        }
+        let rebuild = rebuild_until_fenced(hp);
         // A new update meets the fence.
         assert!(matches!(
             lock_free(h, 0, || count_entry(h, 0, 1, 0, 1, true)),
@@ -1246,15 +1259,7 @@ mod tests {
         let cell = &h.cells[0].0[5];
         cell.store(CELL_BUSY, Relaxed);
         h.used.fetch_add(1, SeqCst);
-        let rebuild = std::thread::spawn(move || {
-            // SAFETY: the allocation above lives until the test ends.
-            reclaim_dead(unsafe { &*(hp as *const Header) }, true)
-        });
-        let t = Instant::now();
-        while h.used.load(SeqCst) & FENCE == 0 {
-            assert!(t.elapsed() < Duration::from_secs(2), "the fence goes up");
-            std::thread::yield_now();
-        }
+        let rebuild = rebuild_until_fenced(hp);
         // Another thread's cell change meets the fence and is withdrawn.
         let other = &h.cells[0].0[6];
         other.store(1, Relaxed);
