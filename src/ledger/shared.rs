@@ -481,23 +481,16 @@ fn count_entry_cell(
     if gated {
         cell.store(held | CELL_BUSY, Relaxed);
     }
-    let mut u = h.used.load(SeqCst);
-    loop {
-        let used = u & !FENCE;
-        let short = want > 0 && used.saturating_add(me + want) > h.budget;
-        if gated && (u & FENCE != 0 || (short && scan_due())) {
-            cell.store(held, Release);
-            return Change::Locked;
+    match raise_used(h, want, need, me, gated) {
+        Some(e) => {
+            #[cfg(test)]
+            tests::between_count_and_cell();
+            cell.store(held.saturating_add(me + e.extras).min(MAX_HELD), Release);
+            Change::Done(e)
         }
-        let e =
-            super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
-        let to = (u & FENCE) | used.saturating_add(me + e.extras).min(MAX_HELD);
-        match h.used.compare_exchange_weak(u, to, SeqCst, SeqCst) {
-            Ok(_) => {
-                cell.store(held.saturating_add(me + e.extras).min(MAX_HELD), Release);
-                return Change::Done(e);
-            }
-            Err(now) => u = now,
+        None => {
+            cell.store(held, Release);
+            Change::Locked
         }
     }
 }
@@ -546,25 +539,33 @@ fn count_entry(
     me: u32,
     gated: bool,
 ) -> Change<Entered> {
+    match raise_used(h, want, need, me, gated) {
+        Some(e) => {
+            h.slots[i].held.fetch_add(me + e.extras, SeqCst);
+            Change::Done(e)
+        }
+        None => Change::Locked,
+    }
+}
+
+/// The compare-and-swap of an entry: grants from what `used` leaves free and
+/// raises `used` by the caller (`me`) and its extras. `gated` (the lock-free
+/// path): None while a rebuild is fenced or a reclaim is due; under the
+/// mutex FENCE is kept as found.
+fn raise_used(h: &Header, want: u32, need: u32, me: u32, gated: bool) -> Option<Entered> {
     let mut u = h.used.load(SeqCst);
     loop {
-        if gated && u & FENCE != 0 {
-            return Change::Locked;
-        }
         let used = u & !FENCE;
         let short = want > 0 && used.saturating_add(me + want) > h.budget;
-        if gated && short && scan_due() {
-            return Change::Locked;
+        if gated && (u & FENCE != 0 || (short && scan_due())) {
+            return None;
         }
         // A nested region on an already-counted thread asks only for extras.
         let e =
             super::local::extras_for(want, need, h.budget.saturating_sub(used.saturating_add(me)));
         let to = (u & FENCE) | used.saturating_add(me + e.extras).min(MAX_HELD);
         match h.used.compare_exchange_weak(u, to, SeqCst, SeqCst) {
-            Ok(_) => {
-                h.slots[i].held.fetch_add(me + e.extras, SeqCst);
-                return Change::Done(e);
-            }
+            Ok(_) => return Some(e),
             Err(now) => u = now,
         }
     }
@@ -1098,27 +1099,13 @@ mod tests {
         let name = format!("/parbudget-unit-rb-{}", std::process::id());
         let file = format!("/dev/shm{name}");
         let _ = std::fs::remove_file(&file);
-        process::remember_pid();
         // A private mapping stands in for the named one: this test must not
-        // share the process-wide MAP with the truncation test.
-        let layout = std::alloc::Layout::from_size_align(SIZE, 64).unwrap();
-        // SAFETY: a zeroed allocation of the header's size and alignment;
-        // every field is an integer or atomic for which zero is valid.
-        let h: &'static Header = unsafe { &*(std::alloc::alloc_zeroed(layout) as *const Header) };
-        // SAFETY: plain field writes before any thread shares `h`.
-        unsafe {
-            let hm = h as *const Header as *mut Header;
-            (*hm).budget = 3;
-        }
-        h.slots[0].pid.store(process::pid(), Relaxed);
-        h.slots[0]
-            .start_time
-            .store(process::my_start_time(), Relaxed);
+        // share the process-wide MAP with the truncation test. The header is
+        // not Sync (its mutex cell); the threads touch only atomics and plain
+        // fields no one writes any more.
+        let (h, hp) = private_header(3);
         static REBUILDS: AtomicU64 = AtomicU64::new(0);
         let stop = std::sync::Arc::new(AtomicBool::new(false));
-        // The header is not Sync (its mutex cell); the threads touch only
-        // atomics and plain fields no one writes any more.
-        let hp = h as *const Header as usize;
         // Workers 0 and 2 count in their cells, 1 and 3 in the slot.
         let workers: Vec<_> = (0..4)
             .map(|w| {
@@ -1183,6 +1170,78 @@ mod tests {
         assert_eq!(h.used.load(Relaxed), 0, "after {rebuilds} rebuilds");
     }
 
+    /// A ledger header in private memory (never freed: tests' threads keep
+    /// it), with `budget` and this process in slot 0; and its address.
+    fn private_header(budget: u32) -> (&'static Header, usize) {
+        process::remember_pid();
+        let layout = std::alloc::Layout::from_size_align(SIZE, 64).unwrap();
+        // SAFETY: a zeroed allocation of the header's size and alignment;
+        // every field is an integer or atomic for which zero is valid.
+        let hm = unsafe { std::alloc::alloc_zeroed(layout) as *mut Header };
+        // SAFETY: a plain field write before any thread shares the header.
+        unsafe { (*hm).budget = budget };
+        // SAFETY: as above; from here on only atomics change.
+        let h: &'static Header = unsafe { &*hm };
+        h.slots[0].pid.store(process::pid(), Relaxed);
+        h.slots[0]
+            .start_time
+            .store(process::my_start_time(), Relaxed);
+        (h, hm as usize)
+    }
+
+    thread_local! {
+        /// Run by `count_entry_cell` on this thread between its
+        /// compare-and-swap and its cell's new count (tests only).
+        static PAUSE: core::cell::Cell<Option<fn()>> = const { core::cell::Cell::new(None) };
+    }
+
+    pub(super) fn between_count_and_cell() {
+        if let Some(f) = PAUSE.with(|p| p.get()) {
+            f();
+        }
+    }
+
+    /// A cell entry stopped between its compare-and-swap on `used` and its
+    /// cell's new count: its announcement holds a rebuild back (deferred),
+    /// so `used` keeps the entry. Without the announcement the rebuild
+    /// would sum the cell without it and `used` would lose the entry.
+    #[test]
+    fn a_cell_change_in_flight_holds_a_rebuild_back() {
+        let (h, hp) = private_header(4);
+        static STOPPED: AtomicBool = AtomicBool::new(false);
+        static GO: AtomicBool = AtomicBool::new(false);
+        let member = std::thread::spawn(move || {
+            PAUSE.with(|p| {
+                p.set(Some(|| {
+                    STOPPED.store(true, SeqCst);
+                    while !GO.load(SeqCst) {
+                        std::thread::yield_now();
+                    }
+                }))
+            });
+            // SAFETY: the allocation above lives until the test ends.
+            let h: &Header = unsafe { &*(hp as *const Header) };
+            matches!(count_entry_cell(h, 0, 3, 1, 0, 1, true), Change::Done(_))
+        });
+        let t = Instant::now();
+        while !STOPPED.load(SeqCst) {
+            assert!(t.elapsed() < Duration::from_secs(2), "the entry runs");
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            h.used.load(SeqCst),
+            2,
+            "counted in used, not yet in the cell"
+        );
+        assert!(!reclaim_dead(h, true), "the rebuild waits, then defers");
+        assert_eq!(h.used.load(SeqCst), 2, "and keeps the entry");
+        GO.store(true, SeqCst);
+        assert!(member.join().unwrap());
+        assert!(reclaim_dead(h, true));
+        assert_eq!(h.used.load(SeqCst), 2);
+        assert_eq!(cells_held(h, 0), 2);
+    }
+
     /// Starts a rebuild of the header at `hp` (alive until the test ends) on
     /// another thread and returns once its fence is up.
     fn rebuild_until_fenced(hp: usize) -> std::thread::JoinHandle<bool> {
@@ -1207,23 +1266,10 @@ mod tests {
     /// that never finishes (a stopped member) defers the rebuild unchanged.
     #[test]
     fn a_rebuild_waits_for_updates_in_flight_and_fences_new_ones() {
-        process::remember_pid();
-        let layout = std::alloc::Layout::from_size_align(SIZE, 64).unwrap();
-        // SAFETY: a zeroed allocation of the header's size and alignment;
-        // every field is an integer or atomic for which zero is valid.
-        let hm = unsafe { std::alloc::alloc_zeroed(layout) as *mut Header };
-        // SAFETY: plain field writes before any thread shares the header.
-        unsafe { (*hm).budget = 4 };
-        // SAFETY: as above; from here on only atomics change.
-        let h: &Header = unsafe { &*hm };
-        h.slots[0].pid.store(process::pid(), Relaxed);
-        h.slots[0]
-            .start_time
-            .store(process::my_start_time(), Relaxed);
+        let (h, hp) = private_header(4);
         // An update stopped between its two steps.
         h.busy[0].fetch_add(1, SeqCst);
         h.used.fetch_add(1, SeqCst);
-        let hp = hm as usize;
         let rebuild = rebuild_until_fenced(hp);
         // A new update meets the fence.
         assert!(matches!(
