@@ -155,7 +155,10 @@ fn forked_and_spawned_python_workers_share_one_ledger() {
                 &fixture("libregions.so"),
                 method,
                 "4",
-                "2000",
+                // Enough regions (a worker runs them for tens of
+                // milliseconds) that the workers overlap even when a loaded
+                // machine starts them far apart.
+                "20000",
             ],
         )
         .shim()

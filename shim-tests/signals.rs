@@ -282,8 +282,9 @@ fn a_process_ending_under_report_signals_leaves_its_exit_report_and_no_temporary
     // exit's wait for signal reports in flight, 1 round in 5 left a file.
     let dir = tempdir("sig-exit");
     let report = dir.join("r-%p.json");
+    let mut total = 0;
     for (round, how) in ["exit", "_exit"].iter().cycle().take(40).enumerate() {
-        let child = cmd(&fixture("exit_busy"), &["4", "25", how])
+        let child = cmd(&fixture("exit_busy"), &["4", "80", how])
             .shim()
             .cores(2)
             .env("PARBUDGET_REPORT_SIGNAL", "USR2")
@@ -303,7 +304,9 @@ fn a_process_ending_under_report_signals_leaves_its_exit_report_and_no_temporary
         let sent = h.join().unwrap();
         r.ok();
         assert_eq!(r.get("threads"), "4", "round {round}");
-        assert!(sent > 10, "round {round} ({how}): {sent} signals");
+        // A loaded machine may send few in a round; the rounds together many.
+        assert!(sent > 0, "round {round} ({how}): no signal sent");
+        total += sent;
         no_temporary_files(&dir);
         let rep = &reports(&dir)[0];
         assert_eq!(rep["pid"], pid, "{rep}");
@@ -313,6 +316,7 @@ fn a_process_ending_under_report_signals_leaves_its_exit_report_and_no_temporary
         );
         std::fs::remove_file(dir.join(format!("r-{pid}.json"))).unwrap();
     }
+    assert!(total > 200, "{total} signals in 40 rounds");
 }
 
 #[test]
