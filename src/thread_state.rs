@@ -68,6 +68,12 @@ pub fn cell(pid: i32) -> Option<usize> {
     })
 }
 
+/// This thread's cell in this process (see `cell`).
+#[inline]
+pub fn my_cell() -> Option<usize> {
+    cell(crate::process::pid())
+}
+
 #[cold]
 #[inline(never)]
 fn claim_cell(pid: i32) -> Option<usize> {

@@ -467,7 +467,7 @@ fn clear_cells(h: &Header, i: usize) -> u32 {
 
 /// `count_entry` for a thread with cell `c` (see "Cells"). `gated`: false
 /// under the mutex, where no rebuild can start (FENCE is kept as found).
-fn count_entry_cell(
+fn cell_entry(
     h: &Header,
     i: usize,
     c: usize,
@@ -496,7 +496,7 @@ fn count_entry_cell(
 }
 
 /// `count_exit` for a thread with cell `c`: never more than the cell holds.
-fn count_exit_cell(h: &Header, i: usize, c: usize, n: u32, gated: bool) -> Change<()> {
+fn cell_exit(h: &Header, i: usize, c: usize, n: u32, gated: bool) -> Change<()> {
     let cell = &h.cells[i].0[c];
     let held = cell.load(Relaxed) & !CELL_BUSY;
     let d = held.min(n);
@@ -527,18 +527,30 @@ enum Change<T> {
     Locked,
 }
 
-/// Counts a region entry of slot `i`: grants from what `used` leaves free,
-/// raises `used` by one compare-and-swap, then the slot's `held`. `gated`:
-/// the lock-free path (the caller announced itself in `busy` and must yield
-/// to a fence and to a due reclaim); false under the mutex.
+/// Counts a region entry of member `i` on a thread with cell `cell` (None:
+/// one without, counted in the slot's `held`): grants from what `used` leaves
+/// free and raises it by one compare-and-swap. `gated`: the lock-free path
+/// (the change is announced, and yields to a fence and to a due reclaim);
+/// false under the mutex.
 fn count_entry(
     h: &Header,
     i: usize,
+    cell: Option<usize>,
     want: u32,
     need: u32,
     me: u32,
     gated: bool,
 ) -> Change<Entered> {
+    match cell {
+        Some(c) => cell_entry(h, i, c, want, need, me, gated),
+        None if gated => lock_free(h, i, || slot_entry(h, i, want, need, me, true)),
+        None => slot_entry(h, i, want, need, me, false),
+    }
+}
+
+/// `count_entry` for a thread without a cell: `used`, then the slot's `held`
+/// (under `lock_free`'s announcement when gated).
+fn slot_entry(h: &Header, i: usize, want: u32, need: u32, me: u32, gated: bool) -> Change<Entered> {
     match raise_used(h, want, need, me, gated) {
         Some(e) => {
             h.slots[i].held.fetch_add(me + e.extras, SeqCst);
@@ -571,9 +583,19 @@ fn raise_used(h: &Header, want: u32, need: u32, me: u32, gated: bool) -> Option<
     }
 }
 
-/// Counts a region exit of slot `i`: never more than the slot holds (a
+/// Counts a region exit of member `i` on a thread with cell `cell` (as in
+/// `count_entry`): never more than the thread's cell or the slot holds (a
 /// forked child ending a region its parent entered gives nothing back).
-fn count_exit(h: &Header, i: usize, n: u32, gated: bool) -> Change<()> {
+fn count_exit(h: &Header, i: usize, cell: Option<usize>, n: u32, gated: bool) -> Change<()> {
+    match cell {
+        Some(c) => cell_exit(h, i, c, n, gated),
+        None if gated => lock_free(h, i, || slot_exit(h, i, n, true)),
+        None => slot_exit(h, i, n, false),
+    }
+}
+
+/// `count_exit` for a thread without a cell.
+fn slot_exit(h: &Header, i: usize, n: u32, gated: bool) -> Change<()> {
     if gated && h.used.load(SeqCst) & FENCE != 0 {
         return Change::Locked;
     }
@@ -607,14 +629,10 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i)) = mine() {
-        let r = match thread_state::cell(process::pid()) {
-            Some(c) => count_entry_cell(h, i, c, want, need, me, true),
-            None => lock_free(h, i, || count_entry(h, i, want, need, me, true)),
-        };
-        if let Change::Done(e) = r {
-            return (!guard::is_lost(LEDGER)).then_some(e);
-        }
+    if let Some((h, i)) = mine()
+        && let Change::Done(e) = count_entry(h, i, thread_state::my_cell(), want, need, me, true)
+    {
+        return (!guard::is_lost(LEDGER)).then_some(e);
     }
     enter_locked(want, need, me)
 }
@@ -640,11 +658,7 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
         scanned();
         reclaim_dead(h, false);
     }
-    let r = match thread_state::cell(process::pid()) {
-        Some(c) => count_entry_cell(h, i, c, want, need, me, false),
-        None => count_entry(h, i, want, need, me, false),
-    };
-    match r {
+    match count_entry(h, i, thread_state::my_cell(), want, need, me, false) {
         Change::Done(e) => Some(e),
         Change::Locked => None,
     }
@@ -656,14 +670,10 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
 #[inline]
 pub fn leave(extras: u32, count_caller: bool) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i)) = mine() {
-        let r = match thread_state::cell(process::pid()) {
-            Some(c) => count_exit_cell(h, i, c, n, true),
-            None => lock_free(h, i, || count_exit(h, i, n, true)),
-        };
-        if let Change::Done(()) = r {
-            return !guard::is_lost(LEDGER);
-        }
+    if let Some((h, i)) = mine()
+        && let Change::Done(()) = count_exit(h, i, thread_state::my_cell(), n, true)
+    {
+        return !guard::is_lost(LEDGER);
     }
     leave_locked(n)
 }
@@ -679,12 +689,8 @@ fn leave_locked(n: u32) -> bool {
         Err(NoLock::Lost) => return false,
     };
     let i = MY_SLOT.load(Relaxed);
-    let pid = process::pid();
-    if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == pid {
-        let _ = match thread_state::cell(pid) {
-            Some(c) => count_exit_cell(h, i, c, n, false),
-            None => count_exit(h, i, n, false),
-        };
+    if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == process::pid() {
+        let _ = count_exit(h, i, thread_state::my_cell(), n, false);
     }
     true
 }
@@ -1112,20 +1118,9 @@ mod tests {
                 std::thread::spawn(move || {
                     // SAFETY: the leaked allocation above, alive for the test.
                     let h: &Header = unsafe { &*(hp as *const Header) };
-                    let entry = |want| {
-                        if w % 2 == 0 {
-                            count_entry_cell(h, 0, w, want, 0, 1, true)
-                        } else {
-                            lock_free(h, 0, || count_entry(h, 0, want, 0, 1, true))
-                        }
-                    };
-                    let exit = |n| {
-                        if w % 2 == 0 {
-                            count_exit_cell(h, 0, w, n, true)
-                        } else {
-                            lock_free(h, 0, || count_exit(h, 0, n, true))
-                        }
-                    };
+                    let cell = (w % 2 == 0).then_some(w);
+                    let entry = |want| count_entry(h, 0, cell, want, 0, 1, true);
+                    let exit = |n| count_exit(h, 0, cell, n, true);
                     let mut over = 0;
                     let mut k = 0u32;
                     while REBUILDS.load(Relaxed) < 20_000 || k < 20_000 {
@@ -1190,7 +1185,7 @@ mod tests {
     }
 
     thread_local! {
-        /// Run by `count_entry_cell` on this thread between its
+        /// Run by `cell_entry` on this thread between its
         /// compare-and-swap and its cell's new count (tests only).
         static PAUSE: core::cell::Cell<Option<fn()>> = const { core::cell::Cell::new(None) };
     }
@@ -1221,7 +1216,7 @@ mod tests {
             });
             // SAFETY: the allocation above lives until the test ends.
             let h: &Header = unsafe { &*(hp as *const Header) };
-            matches!(count_entry_cell(h, 0, 3, 1, 0, 1, true), Change::Done(_))
+            matches!(count_entry(h, 0, Some(3), 1, 0, 1, true), Change::Done(_))
         });
         let t = Instant::now();
         while !STOPPED.load(SeqCst) {
@@ -1273,13 +1268,10 @@ mod tests {
         let rebuild = rebuild_until_fenced(hp);
         // A new update meets the fence.
         assert!(matches!(
-            lock_free(h, 0, || count_entry(h, 0, 1, 0, 1, true)),
+            count_entry(h, 0, None, 1, 0, 1, true),
             Change::Locked
         ));
-        assert!(matches!(
-            lock_free(h, 0, || count_exit(h, 0, 1, true)),
-            Change::Locked
-        ));
+        assert!(matches!(count_exit(h, 0, None, 1, true), Change::Locked));
         assert_eq!(
             h.used.load(SeqCst),
             1 | FENCE,
@@ -1310,10 +1302,10 @@ mod tests {
         let other = &h.cells[0].0[6];
         other.store(1, Relaxed);
         assert!(matches!(
-            count_entry_cell(h, 0, 6, 1, 0, 1, true),
+            count_entry(h, 0, Some(6), 1, 0, 1, true),
             Change::Locked
         ));
-        assert!(matches!(count_exit_cell(h, 0, 6, 1, true), Change::Locked));
+        assert!(matches!(count_exit(h, 0, Some(6), 1, true), Change::Locked));
         assert_eq!(other.load(Relaxed), 1, "withdrawn: the cell as it was");
         assert_eq!(h.used.load(SeqCst), 4 | FENCE, "nothing moved");
         // The stopped entry finishes: the rebuild sums slot and cells.

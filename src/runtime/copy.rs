@@ -127,9 +127,8 @@ pub fn claim_count_row(c: usize, pid: i32) {
 /// the calling thread's row if it has a cell, else in the shared counters.
 #[inline]
 pub fn count_region(index: usize, stats: &Stats, team: u32) {
-    let pid = crate::process::pid();
     if index < MAX_COPIES
-        && let Some(c) = crate::thread_state::cell(pid)
+        && let Some(c) = crate::thread_state::my_cell()
     {
         let k = &COUNT_ROWS[c].copies[index];
         // One writer: this thread (see CountRow).
