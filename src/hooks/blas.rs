@@ -18,7 +18,7 @@
 
 use super::grant::{self, GiveBack, Grant};
 use super::table::Hook;
-use super::{call, fenced, resolve_or_abort, take_caller, trampoline};
+use super::{call, take_caller, trampoline};
 use crate::runtime::{self, Impl};
 use crate::stackbuf::Quoted;
 use core::sync::atomic::Ordering::Relaxed;
@@ -29,12 +29,11 @@ type P = *mut core::ffi::c_void;
 /// Sizes one BLAS call; returns the real function and the grant.
 fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
     let settings = super::ensure();
-    let name = hook.name();
-    let t = resolve_or_abort(ret, hook);
-    let Some(s) = settings else {
-        return (t.real, Grant::default());
-    };
-    let g = fenced(Grant::default(), || {
+    // Resolution and sizing under one fence.
+    let sized = super::target_and(ret, hook, |t| {
+        let Some(s) = settings else {
+            return Grant::default();
+        };
         let Some((i, c)) = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c))) else {
             return Grant::default();
         };
@@ -65,13 +64,16 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         c.blas_current.store(g.team(), Relaxed);
         debug!(
             "blas_grant symbol={} ceiling={} team={}",
-            Quoted(name.to_bytes()),
+            Quoted(hook.name().to_bytes()),
             config.min(s.cores()),
             g.team()
         );
         g
     });
-    (t.real, g)
+    let Some((t, g)) = sized else {
+        super::abort_without_target()
+    };
+    (t.real, g.unwrap_or_default())
 }
 
 /// One hooked BLAS entry point: size, forward, give back.

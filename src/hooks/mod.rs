@@ -202,43 +202,60 @@ pub fn no_target(name: &CStr, ret: usize) {
 
 /// As `target`, for bookkeeping that already runs inside `fenced` (a
 /// runtime function a hook calls in the caller's own copy): no error line.
+#[inline]
 pub fn lookup(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
     crate::runtime::resolve(ret, hook as u8, hook.name())
 }
 
-/// The target of hook `hook` called from `ret`, if one can be found.
-pub fn target(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
-    let t = if Guard::held() {
-        // Reached from our own bookkeeping (our constructor asks MKL its
-        // thread count, and MKL asks omp_get_max_threads): already fenced.
-        lookup(ret, hook)
-    } else {
-        fenced(None, || {
-            crate::runtime::resolve(ret, hook as u8, hook.name())
-        })
-    };
-    fenced((), crate::conflicts::check_pending);
+/// Steps 2 and 3 of the recipe under one reentry guard and one panic fence
+/// (a hot path pays for one of each): the target of hook `hook` called from
+/// `ret`, a check of copies loaded meanwhile, then `apply` with that target.
+/// Returns the target (None: there is none; one ERROR line, see
+/// `no_target`) and what `apply` gave: None when the call was reached from
+/// our own bookkeeping (our constructor asks MKL its thread count, and MKL
+/// asks omp_get_max_threads: the target is found unfenced and nothing is
+/// applied) or when the bookkeeping panicked (the call is forwarded
+/// unchanged).
+#[inline]
+pub fn target_and<T>(
+    ret: usize,
+    hook: table::Hook,
+    apply: impl FnOnce(crate::runtime::Target) -> T,
+) -> Option<(crate::runtime::Target, Option<T>)> {
+    let mut found = None;
+    let applied = fenced(None, || {
+        let t = lookup(ret, hook)?;
+        found = Some(t);
+        crate::conflicts::check_pending();
+        Some(apply(t))
+    });
+    let t = found.or_else(|| {
+        if Guard::held() {
+            lookup(ret, hook)
+        } else {
+            None
+        }
+    });
     if t.is_none() {
         no_target(hook.name(), ret);
     }
-    t
+    t.map(|t| (t, applied))
+}
+
+/// The target of hook `hook` called from `ret`, if one can be found.
+pub fn target(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
+    target_and(ret, hook, |_| ()).map(|(t, _)| t)
 }
 
 /// The target of a hook whose call cannot be completed without one (see
 /// `no_target`).
 pub fn resolve_or_abort(ret: usize, hook: table::Hook) -> crate::runtime::Target {
-    match target(ret, hook) {
-        Some(t) => t,
-        // SAFETY: abort has no preconditions.
-        None => unsafe { libc::abort() },
-    }
+    target(ret, hook).unwrap_or_else(|| abort_without_target())
 }
 
-/// A call that cannot be completed: no runtime defines its target (see
-/// `no_target`). One ERROR line, then abort.
+/// A call that cannot be completed: `no_target` said why.
 #[cold]
-pub fn abort_without_target(ret: usize, hook: table::Hook) -> ! {
-    no_target(hook.name(), ret);
+pub fn abort_without_target() -> ! {
     // SAFETY: abort has no preconditions.
     unsafe { libc::abort() }
 }

@@ -78,35 +78,20 @@ fn serial_is_safe(requested: u32, shape: Shape) -> bool {
 }
 
 /// Sizes a region that asked for `requested` threads (0: the runtime's default).
-/// The hot path of the shim: one fence holds the caller's resolution, the
-/// check of newly loaded copies and the sizing, so a region pays for one
-/// reentry guard and one panic fence.
+/// The hot path of the shim: resolution and sizing under one fence
+/// (`target_and`).
 fn enter(ret: usize, hook: Hook, requested: c_uint, shape: Shape) -> Entry {
     let settings = super::ensure();
-    let mut found = None;
-    let sized = fenced(None, || {
-        let t = crate::runtime::resolve(ret, hook as u8, hook.name())?;
-        found = Some(t);
-        crate::conflicts::check_pending();
-        Some(size(t, settings, hook, requested, shape))
-    });
-    if let Some(e) = sized {
-        return e;
-    }
-    // Not sized: reached from our own bookkeeping (resolve as `target` does
-    // there), a panic in the sizing (forward unchanged), or no target at all.
-    let t = found
-        .or_else(|| {
-            super::Guard::held()
-                .then(|| super::lookup(ret, hook))
-                .flatten()
-        })
-        .unwrap_or_else(|| super::abort_without_target(ret, hook));
-    Entry {
+    let sized = super::target_and(ret, hook, |t| size(t, settings, hook, requested, shape));
+    let Some((t, sized)) = sized else {
+        super::abort_without_target()
+    };
+    // Unsized (reached from our own bookkeeping, or a panic): forwarded as asked.
+    sized.unwrap_or(Entry {
         real: t.real,
         team: requested,
         grant: Grant::default(),
-    }
+    })
 }
 
 /// The team of a region whose target is `target`, and its grant.

@@ -467,6 +467,7 @@ fn clear_cells(h: &Header, i: usize) -> u32 {
 
 /// `count_entry` for a thread with cell `c` (see "Cells"). `gated`: false
 /// under the mutex, where no rebuild can start (FENCE is kept as found).
+#[inline]
 fn cell_entry(
     h: &Header,
     i: usize,
@@ -496,6 +497,7 @@ fn cell_entry(
 }
 
 /// `count_exit` for a thread with cell `c`: never more than the cell holds.
+#[inline]
 fn cell_exit(h: &Header, i: usize, c: usize, n: u32, gated: bool) -> Change<()> {
     let cell = &h.cells[i].0[c];
     let held = cell.load(Relaxed) & !CELL_BUSY;
@@ -532,6 +534,7 @@ enum Change<T> {
 /// free and raises it by one compare-and-swap. `gated`: the lock-free path
 /// (the change is announced, and yields to a fence and to a due reclaim);
 /// false under the mutex.
+#[inline]
 fn count_entry(
     h: &Header,
     i: usize,
@@ -564,6 +567,7 @@ fn slot_entry(h: &Header, i: usize, want: u32, need: u32, me: u32, gated: bool) 
 /// raises `used` by the caller (`me`) and its extras. `gated` (the lock-free
 /// path): None while a rebuild is fenced or a reclaim is due; under the
 /// mutex FENCE is kept as found.
+#[inline]
 fn raise_used(h: &Header, want: u32, need: u32, me: u32, gated: bool) -> Option<Entered> {
     let mut u = h.used.load(SeqCst);
     loop {
@@ -586,6 +590,7 @@ fn raise_used(h: &Header, want: u32, need: u32, me: u32, gated: bool) -> Option<
 /// Counts a region exit of member `i` on a thread with cell `cell` (as in
 /// `count_entry`): never more than the thread's cell or the slot holds (a
 /// forked child ending a region its parent entered gives nothing back).
+#[inline]
 fn count_exit(h: &Header, i: usize, cell: Option<usize>, n: u32, gated: bool) -> Change<()> {
     match cell {
         Some(c) => cell_exit(h, i, c, n, gated),
