@@ -159,6 +159,22 @@ fn record_pid() -> i32 {
     me
 }
 
+/// A value that belongs to process `pid`, in one atomic word:
+/// `pid << 32 | value`. A forked child inherits its parent's words; read
+/// with `of_pid`, they count as empty there, so nothing has to reset them.
+pub fn pid_word(pid: i32, value: u32) -> u64 {
+    (u64::from(pid as u32) << 32) | u64::from(value)
+}
+
+/// The value of a `pid_word` if it belongs to `pid`, else 0.
+pub fn of_pid(word: u64, pid: i32) -> u32 {
+    if (word >> 32) as i32 == pid {
+        word as u32
+    } else {
+        0
+    }
+}
+
 /// This process's pid, never recording it (read-only paths on the way out).
 pub fn pid_unrecorded() -> i32 {
     let p = known_pid();

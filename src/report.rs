@@ -386,27 +386,21 @@ pub fn write_now(may_load: bool) {
     write_to_destination(s, dest, Trigger::Exit);
 }
 
-/// Signal reports being written now, tagged with the writing process's pid:
-/// `pid << 32 | count`. The tag makes a count inherited through `fork` from a
-/// thread that was mid-report (and does not exist in the child) read as none.
+/// Signal reports being written now, a `process::pid_word`: a count
+/// inherited through `fork` from a thread that was mid-report (and does not
+/// exist in the child) reads as none.
 static SIGNAL_WRITERS: AtomicU64 = AtomicU64::new(0);
 /// The pid whose exit has begun: its signal reports are no longer written.
 static CLOSING: AtomicI32 = AtomicI32::new(0);
 
 /// Adds this writer to the count of `pid`, whatever an older process left.
 fn writers_plus_one(word: u64, pid: i32) -> u64 {
-    let (tag, n) = ((word >> 32) as i32, word as u32);
-    let n = if tag == pid { n.saturating_add(1) } else { 1 };
-    (u64::from(pid as u32) << 32) | u64::from(n)
+    process::pid_word(pid, process::of_pid(word, pid).saturating_add(1))
 }
 
 /// The signal reports of `pid` in flight.
 fn writers_of(word: u64, pid: i32) -> u32 {
-    if (word >> 32) as i32 == pid {
-        word as u32
-    } else {
-        0
-    }
+    process::of_pid(word, pid)
 }
 
 /// A signal report may begin: false once this process's exit has begun. A

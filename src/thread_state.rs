@@ -48,8 +48,8 @@ thread_local! {
 /// changed by read-modify-write.
 pub const CELLS: usize = 16;
 
-/// The cells this process has handed out: `pid << 32 | bits`. A word of
-/// another pid (inherited through fork) counts as none handed out.
+/// The cells this process has handed out, bits in a `process::pid_word`: a
+/// word of another pid (inherited through fork) counts as none handed out.
 static CELLS_TAKEN: AtomicU64 = AtomicU64::new(0);
 
 /// This thread's cell in process `pid`, claimed at the first call. None when
@@ -79,10 +79,10 @@ pub fn my_cell() -> Option<usize> {
 fn claim_cell(pid: i32) -> Option<usize> {
     let mut got = None;
     let _ = CELLS_TAKEN.fetch_update(AcqRel, Acquire, |w| {
-        let bits = if (w >> 32) as i32 == pid { w as u32 } else { 0 };
+        let bits = crate::process::of_pid(w, pid);
         let free = (!bits).trailing_zeros() as usize;
         got = (free < CELLS).then_some(free);
-        got.map(|c| (u64::from(pid as u32) << 32) | u64::from(bits | 1 << c))
+        got.map(|c| crate::process::pid_word(pid, bits | 1 << c))
     });
     if let Some(c) = got {
         crate::runtime::claim_count_row(c, pid);
@@ -105,7 +105,8 @@ pub fn cell_of_ending_thread(pid: i32) -> Option<usize> {
 /// Cell `c` of process `pid` can serve another thread.
 pub fn give_back_cell(pid: i32, c: usize) {
     let _ = CELLS_TAKEN.fetch_update(AcqRel, Acquire, |w| {
-        ((w >> 32) as i32 == pid).then_some(w & !(1 << c))
+        let bits = crate::process::of_pid(w, pid);
+        (bits & 1 << c != 0).then(|| crate::process::pid_word(pid, bits & !(1 << c)))
     });
 }
 
