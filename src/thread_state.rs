@@ -6,9 +6,17 @@
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, Ordering::*};
 
+/// This thread's state. Every field's all-zero bytes are its starting value
+/// (see `STATE`).
+#[repr(C)]
 pub struct ThreadState {
     /// boundary: true while this thread runs our own bookkeeping.
     pub in_hook: Cell<bool>,
+    /// ledger: this thread's cell in its process's slot of the shared ledger,
+    /// plus one (0: none), valid in the process `cell_pid` only (a forked
+    /// child's thread claims its own).
+    cell: Cell<u8>,
+    cell_pid: Cell<i32>,
     /// grant: threads this thread holds in the ledger (itself and extras).
     pub held: Cell<u32>,
     /// grant: the team `omp_get_max_threads()` last promised (0: none).
@@ -18,26 +26,63 @@ pub struct ThreadState {
     /// fork: copies (bits) whose regions run serially on this thread (a
     /// forked child whose pool could not be freed first).
     pub serial: Cell<u64>,
-    /// ledger: this thread's cell in its process's slot of the shared ledger
-    /// (`NO_CELL`: none), valid in the process `cell_pid` only (a forked
-    /// child's thread claims its own).
-    pub cell: Cell<u8>,
-    pub cell_pid: Cell<i32>,
 }
 
-/// `cell` when the thread has no cell (all were taken).
-pub const NO_CELL: u8 = u8::MAX;
+// The block lives in the static TLS area (the initial-exec model) on x86-64:
+// in a shared library the compiler reaches a `thread_local!` through a call of
+// `__tls_get_addr` at every use (a region's path made about seven, some 55
+// instructions), while an initial-exec variable is one load from the GOT
+// and an add of the thread pointer. The loader gives a preloaded library (and
+// a dlopened one, from its surplus) static TLS; the linker marks the object
+// STATIC_TLS for it. The block is zero-filled `.tbss`, which is why every
+// field starts at zero.
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(
+    ".section .tbss,\"awT\",@nobits",
+    ".p2align 6",
+    ".globl parbudget_thread_state",
+    ".hidden parbudget_thread_state",
+    ".type parbudget_thread_state, @object",
+    ".size parbudget_thread_state, 64",
+    "parbudget_thread_state:",
+    ".zero 64",
+    ".text",
+);
 
+const _: () = assert!(core::mem::size_of::<ThreadState>() <= 64);
+
+/// This thread's block: its initial-exec address (see above).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn state() -> *const ThreadState {
+    let p: *const ThreadState;
+    // SAFETY: reads the variable's offset from the GOT (a TPOFF relocation the
+    // loader filled in) and adds the thread pointer (`fs:0` holds the TCB's
+    // own address on x86-64): the address of this thread's copy of the block.
+    // Touches no memory but the GOT entry and the TCB word; no stack, no flags
+    // kept.
+    unsafe {
+        core::arch::asm!(
+            "mov {p}, qword ptr [rip + parbudget_thread_state@GOTTPOFF]",
+            "add {p}, qword ptr fs:[0]",
+            p = out(reg) p,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    p
+}
+
+#[cfg(not(target_arch = "x86_64"))]
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
             in_hook: Cell::new(false),
+            cell: Cell::new(0),
+            cell_pid: Cell::new(0),
             held: Cell::new(0),
             promised: Cell::new(0),
             master_of: Cell::new(0),
             serial: Cell::new(0),
-            cell: Cell::new(NO_CELL),
-            cell_pid: Cell::new(0),
         }
     };
 }
@@ -58,11 +103,10 @@ static CELLS_TAKEN: AtomicU64 = AtomicU64::new(0);
 pub fn cell(pid: i32) -> Option<usize> {
     with(|t| {
         if t.cell_pid.get() == pid {
-            let c = t.cell.get();
-            return (c != NO_CELL).then_some(usize::from(c));
+            return usize::from(t.cell.get()).checked_sub(1);
         }
         let c = claim_cell(pid);
-        t.cell.set(c.map_or(NO_CELL, |c| c as u8));
+        t.cell.set(c.map_or(0, |c| c as u8 + 1));
         t.cell_pid.set(pid);
         c
     })
@@ -95,10 +139,10 @@ fn claim_cell(pid: i32) -> Option<usize> {
 /// thread's is left in it.
 pub fn cell_of_ending_thread(pid: i32) -> Option<usize> {
     with(|t| {
-        let c = t.cell.get();
-        let mine = t.cell_pid.get() == pid && c != NO_CELL;
+        let c = usize::from(t.cell.get()).checked_sub(1);
+        let mine = t.cell_pid.get() == pid;
         t.cell_pid.set(0);
-        mine.then_some(usize::from(c))
+        c.filter(|_| mine)
     })
 }
 
@@ -113,5 +157,15 @@ pub fn give_back_cell(pid: i32, c: usize) {
 /// Runs `f` with this thread's state.
 #[inline]
 pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `state()` is this thread's block, zero-filled at the
+        // thread's start, and all-zero is a valid ThreadState (every field is
+        // a Cell of an integer or bool). It lives as long as the thread; the
+        // reference does not escape `f` (and ThreadState is not Sync, so no
+        // other thread can see it).
+        f(unsafe { &*state() })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     STATE.with(f)
 }

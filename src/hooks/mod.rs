@@ -222,12 +222,16 @@ pub fn target_and<T>(
     hook: table::Hook,
     apply: impl FnOnce(crate::runtime::Target) -> T,
 ) -> Option<(crate::runtime::Target, Option<T>)> {
-    let mut found = None;
-    let applied = fenced(None, || {
-        let t = lookup(ret, hook)?;
-        found = Some(t);
-        crate::conflicts::check_pending();
-        Some(apply(t))
+    // The fence's result is (): what the bookkeeping found and applied is
+    // written to these locals instead of moved out through catch_unwind
+    // (the hot path saves the copies).
+    let (mut found, mut applied) = (None, None);
+    fenced((), || {
+        if let Some(t) = lookup(ret, hook) {
+            found = Some(t);
+            crate::conflicts::check_pending();
+            applied = Some(apply(t));
+        }
     });
     let t = found.or_else(|| {
         if Guard::held() {

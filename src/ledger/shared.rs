@@ -410,9 +410,16 @@ fn my_slot(h: &Header) -> Option<usize> {
 /// ours: what the lock-free path needs.
 #[inline]
 fn mine() -> Option<(&'static Header, usize)> {
+    mine_and_pid().map(|(h, i, _)| (h, i))
+}
+
+/// `mine`, with our pid (the hot paths look up the thread's cell with it).
+#[inline]
+fn mine_and_pid() -> Option<(&'static Header, usize, i32)> {
     let h = header()?;
     let i = MY_SLOT.load(Relaxed);
-    (i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid()).then_some((h, i))
+    let pid = process::pid();
+    (i < SLOTS && h.slots[i].pid.load(Relaxed) == pid).then_some((h, i, pid))
 }
 
 // ---------------------------------------------------------------------------
@@ -634,8 +641,8 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(e) = count_entry(h, i, thread_state::my_cell(), want, need, me, true)
+    if let Some((h, i, pid)) = mine_and_pid()
+        && let Change::Done(e) = count_entry(h, i, thread_state::cell(pid), want, need, me, true)
     {
         return (!guard::is_lost(LEDGER)).then_some(e);
     }
@@ -675,8 +682,8 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
 #[inline]
 pub fn leave(extras: u32, count_caller: bool) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(()) = count_exit(h, i, thread_state::my_cell(), n, true)
+    if let Some((h, i, pid)) = mine_and_pid()
+        && let Change::Done(()) = count_exit(h, i, thread_state::cell(pid), n, true)
     {
         return !guard::is_lost(LEDGER);
     }
