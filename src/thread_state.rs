@@ -36,9 +36,9 @@ pub struct ThreadState {
 // a dlopened one, from its surplus) static TLS; the linker marks the object
 // STATIC_TLS for it. The block is zero-filled `.tbss`, which is why every
 // field starts at zero.
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 core::arch::global_asm!(
-    ".section .tbss,\"awT\",@nobits",
+    ".pushsection .tbss,\"awT\",@nobits",
     ".p2align 6",
     ".globl parbudget_thread_state",
     ".hidden parbudget_thread_state",
@@ -46,13 +46,13 @@ core::arch::global_asm!(
     ".size parbudget_thread_state, 64",
     "parbudget_thread_state:",
     ".zero 64",
-    ".text",
+    ".popsection",
 );
 
 const _: () = assert!(core::mem::size_of::<ThreadState>() <= 64);
 
 /// This thread's block: its initial-exec address (see above).
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 #[inline(always)]
 fn state() -> *const ThreadState {
     let p: *const ThreadState;
@@ -72,7 +72,7 @@ fn state() -> *const ThreadState {
     p
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(any(not(target_arch = "x86_64"), miri))]
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
@@ -157,7 +157,7 @@ pub fn give_back_cell(pid: i32, c: usize) {
 /// Runs `f` with this thread's state.
 #[inline]
 pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     {
         // SAFETY: `state()` is this thread's block, zero-filled at the
         // thread's start, and all-zero is a valid ThreadState (every field is
@@ -166,6 +166,6 @@ pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
         // other thread can see it).
         f(unsafe { &*state() })
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(any(not(target_arch = "x86_64"), miri))]
     STATE.with(f)
 }
