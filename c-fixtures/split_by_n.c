@@ -14,12 +14,18 @@
  *                   of the split, so every call must come out wrong; proves
  *                   the check catches missing blocks.
  * Prints calls, wrong_calls, max_team, min_team (omp_get_num_threads() seen
- * by thread 0, for reporting only), min_n, max_n (the n split by), dynamic. */
+ * by thread 0, for reporting only), min_n, max_n (the n split by), dynamic;
+ * in noclause mode also first_extras (the sum over threads of their first
+ * answer minus 1: the extra threads promised to threads that asked together)
+ * and first_ask_spread_ms (from the first thread's first question to the
+ * last thread's first answer). With ASK_FIRST set, the main thread asks
+ * omp_get_max_threads() before it starts the threads (and runs nothing). */
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define B 64     /* blocks per call */
 #define W 256    /* items per block */
@@ -30,7 +36,13 @@ static enum mode mode = CLAUSE;
 static int calls_per_thread = 2000, req_n = 2;
 static pthread_barrier_t start;
 
-struct stats { long calls, wrong; int max_team, min_team, max_n, min_n; };
+struct stats { long calls, wrong; int max_team, min_team, max_n, min_n, first_n; double first_ask_ms, first_answer_ms; };
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
 
 static unsigned long block_value(int b, unsigned call) {
     unsigned long s = 0;
@@ -56,7 +68,9 @@ static void *worker(void *arg) {
         int n, team = 0;
         memset(acc, 0, sizeof acc);
         if (mode == NOCLAUSE) {
+            if (c == 0) st->first_ask_ms = now_ms();
             n = omp_get_max_threads();
+            if (c == 0) { st->first_n = n; st->first_answer_ms = now_ms(); }
 #pragma omp parallel
             {
                 int id = omp_get_thread_num();
@@ -100,10 +114,12 @@ int main(int argc, char **argv) {
     if (req_n < 1 || (mode == SELFCHECK && req_n < 2)) { fprintf(stderr, "bad n\n"); return 2; }
     pthread_t th[MAXT];
     static struct stats st[MAXT];
+    if (getenv("ASK_FIRST")) printf("main_n=%d\n", omp_get_max_threads());
     pthread_barrier_init(&start, NULL, t);
     for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, &st[i]);
     long calls = 0, wrong = 0;
-    int max_team = 0, min_team = 1 << 30, max_n = 0, min_n = 1 << 30;
+    int max_team = 0, min_team = 1 << 30, max_n = 0, min_n = 1 << 30, first_extras = 0;
+    double first_lo = 1e300, first_hi = 0;
     for (int i = 0; i < t; i++) {
         pthread_join(th[i], NULL);
         calls += st[i].calls; wrong += st[i].wrong;
@@ -111,8 +127,13 @@ int main(int argc, char **argv) {
         if (st[i].min_team < min_team) min_team = st[i].min_team;
         if (st[i].max_n > max_n) max_n = st[i].max_n;
         if (st[i].min_n < min_n) min_n = st[i].min_n;
+        first_extras += st[i].first_n > 0 ? st[i].first_n - 1 : 0;
+        if (st[i].first_ask_ms < first_lo) first_lo = st[i].first_ask_ms;
+        if (st[i].first_answer_ms > first_hi) first_hi = st[i].first_answer_ms;
     }
     printf("threads=%d\ncalls=%ld\nwrong_calls=%ld\nmax_team=%d\nmin_team=%d\nmax_n=%d\nmin_n=%d\ndynamic=%d\n",
            t, calls, wrong, max_team, min_team, max_n, min_n, omp_get_dynamic());
+    if (mode == NOCLAUSE)
+        printf("first_extras=%d\nfirst_ask_spread_ms=%.3f\n", first_extras, first_hi - first_lo);
     return 0;
 }

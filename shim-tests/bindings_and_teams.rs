@@ -169,6 +169,57 @@ fn no_clause_regions_get_omp_get_max_threads_under_contention() {
 }
 
 #[test]
+fn threads_that_ask_together_share_the_budget_they_are_promised() {
+    // Four threads released by one barrier each ask omp_get_max_threads()
+    // before any of them has run a region. The ledger is empty for all four;
+    // a promise made within the last 100 ms holds its extras back from the
+    // next askers, so one thread is promised 2 and the others 1 (without it,
+    // all four were promised 2 and ran 8 threads on 2 cores, for good).
+    // The window is real time: a run whose threads asked further apart than
+    // that proves nothing and is retried.
+    for _ in 0..8 {
+        let r = split_by_n(4, 200, "noclause").shim().cores(2).run();
+        r.ok();
+        assert_eq!(r.int("wrong_calls"), 0, "{}", r.stdout);
+        let spread = r.float("first_ask_spread_ms");
+        if spread >= 80.0 {
+            continue;
+        }
+        assert!(
+            r.int("first_extras") <= 1,
+            "threads asking together were promised more extras than the budget holds\n{}",
+            r.stdout
+        );
+        return;
+    }
+    panic!("no run had its four threads ask within 80 ms of each other");
+}
+
+#[test]
+fn a_thread_that_asked_and_then_starts_workers_leaves_them_the_budget() {
+    // The main thread asks omp_get_max_threads() (promised 2), then starts
+    // four threads and runs nothing itself: starting a thread ends its
+    // hold-back, so the four share the whole budget (2, 1, 1, 1) instead of
+    // the 1 each they would get if it still held 2 back.
+    for _ in 0..8 {
+        let r = split_by_n(4, 200, "noclause")
+            .shim()
+            .cores(2)
+            .env("ASK_FIRST", "1")
+            .run();
+        r.ok();
+        assert_eq!(r.int("main_n"), 2, "{}", r.stdout);
+        assert_eq!(r.int("wrong_calls"), 0, "{}", r.stdout);
+        if r.float("first_ask_spread_ms") >= 80.0 {
+            continue;
+        }
+        assert_eq!(r.int("first_extras"), 1, "{}", r.stdout);
+        return;
+    }
+    panic!("no run had its four threads ask within 80 ms of each other");
+}
+
+#[test]
 fn two_processes_on_one_ledger_get_the_teams_they_split_by() {
     for mode in ["clause", "noclause"] {
         let dir = tempdir(&format!("split-{mode}"));

@@ -159,6 +159,17 @@ fn record_pid() -> i32 {
     me
 }
 
+/// Milliseconds of CLOCK_MONOTONIC_COARSE (a vDSO read, no system call):
+/// for rate limits and short windows, where a tick of a few ms is precise
+/// enough.
+pub fn coarse_ms() -> u64 {
+    // SAFETY: plain C data; all-zero is a valid value.
+    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
+    // SAFETY: fills ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
 /// A value that belongs to process `pid`, in one atomic word:
 /// `pid << 32 | value`. A forked child inherits its parent's words; read
 /// with `of_pid`, they count as empty there, so nothing has to reset them.

@@ -21,6 +21,9 @@ pub struct ThreadState {
     pub held: Cell<u32>,
     /// grant: the team `omp_get_max_threads()` last promised (0: none).
     pub promised: Cell<u32>,
+    /// grant: what this thread's first promise holds back from other askers
+    /// (see `grant::promise_new`), until it starts a thread or ends.
+    pub held_back: Cell<u32>,
     /// fork: libgomp copies (bits) whose team this thread leads.
     pub master_of: Cell<u64>,
     /// fork: copies (bits) whose regions run serially on this thread (a
@@ -36,7 +39,7 @@ pub struct ThreadState {
 // a dlopened one, from its surplus) static TLS; the linker marks the object
 // STATIC_TLS for it. The block is zero-filled `.tbss`, which is why every
 // field starts at zero.
-#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 core::arch::global_asm!(
     ".pushsection .tbss,\"awT\",@nobits",
     ".p2align 6",
@@ -52,7 +55,7 @@ core::arch::global_asm!(
 const _: () = assert!(core::mem::size_of::<ThreadState>() <= 64);
 
 /// This thread's block: its initial-exec address (see above).
-#[cfg(all(target_arch = "x86_64", not(miri)))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 #[inline(always)]
 fn state() -> *const ThreadState {
     let p: *const ThreadState;
@@ -72,7 +75,7 @@ fn state() -> *const ThreadState {
     p
 }
 
-#[cfg(any(not(target_arch = "x86_64"), miri))]
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
 thread_local! {
     static STATE: ThreadState = const {
         ThreadState {
@@ -81,6 +84,7 @@ thread_local! {
             cell_pid: Cell::new(0),
             held: Cell::new(0),
             promised: Cell::new(0),
+            held_back: Cell::new(0),
             master_of: Cell::new(0),
             serial: Cell::new(0),
         }
@@ -157,7 +161,7 @@ pub fn give_back_cell(pid: i32, c: usize) {
 /// Runs `f` with this thread's state.
 #[inline]
 pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
-    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     {
         // SAFETY: `state()` is this thread's block, zero-filled at the
         // thread's start, and all-zero is a valid ThreadState (every field is
@@ -166,6 +170,6 @@ pub fn with<R>(f: impl FnOnce(&ThreadState) -> R) -> R {
         // other thread can see it).
         f(unsafe { &*state() })
     }
-    #[cfg(any(not(target_arch = "x86_64"), miri))]
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(miri))))]
     STATE.with(f)
 }

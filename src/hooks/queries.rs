@@ -12,7 +12,8 @@ use core::ffi::c_int;
 
 /// `omp_get_max_threads()`: the first time a thread asks, what the ledger
 /// would grant it then (never more than the runtime's own answer or the
-/// budget); after that, the same answer, until the thread calls
+/// budget), less what this process's threads were promised in the last
+/// 100 ms (`grant::promise_new`); after that, the same answer, until the thread calls
 /// `omp_set_num_threads` (the OpenMP contract: the nthreads ICV changes only
 /// when the program sets it). A conforming program may size per-thread
 /// buffers from one call and a region from another; an answer that moved
@@ -46,7 +47,7 @@ unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
             return p as c_int;
         }
         let want = (own.max(1) as u32).min(s.cores());
-        let n = grant::would_grant(want);
+        let n = grant::promise_new(want);
         grant::promise(n);
         n as c_int
     })

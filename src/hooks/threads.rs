@@ -49,8 +49,12 @@ extern "C" fn thread_ended(value: *mut c_void) {
     let _ = stats_of(value as usize - 1)
         .threads_live
         .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-    // Its ledger cell goes back to the process for the next thread.
-    super::fenced((), crate::ledger::release_cell);
+    // Its ledger cell goes back to the process for the next thread, and
+    // what its promise held back from other askers.
+    super::fenced((), || {
+        crate::ledger::release_cell();
+        super::grant::release_hold_back();
+    });
 }
 
 fn key() -> Option<libc::pthread_key_t> {
@@ -110,7 +114,15 @@ unsafe extern "C" fn pthread_create_hook(
     let owner = super::fenced(0, || {
         // No dladdr/dlopen here: see runtime::refresh_light.
         runtime::refresh_light();
-        runtime::copy_containing(ret).map_or(0, |i| i + 1)
+        let owner = runtime::copy_containing(ret).map_or(0, |i| i + 1);
+        if owner == 0 {
+            // The program (not a runtime filling its pool) starts a thread:
+            // a thread that asked omp_get_max_threads() and now starts
+            // threads hands its work on, and its promise stops holding back
+            // theirs.
+            super::grant::release_hold_back();
+        }
+        owner
     });
     let stats = stats_of(owner);
     let live = stats.threads_live.fetch_add(1, Relaxed) + 1;

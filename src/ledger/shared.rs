@@ -180,7 +180,7 @@ impl Locked {
                 // SAFETY: sched_yield has no preconditions.
                 unsafe { libc::sched_yield() };
             } else {
-                let now = now_ms();
+                let now = process::coarse_ms();
                 if since == 0 {
                     since = now.max(1);
                 } else if now.saturating_sub(since) > LOCK_PATIENCE_MS {
@@ -283,7 +283,7 @@ fn reclaim_dead(h: &Header, always: bool) -> bool {
         return true;
     }
     h.used.fetch_or(FENCE, SeqCst);
-    let deadline = now_ms() + FENCE_PATIENCE_MS;
+    let deadline = process::coarse_ms() + FENCE_PATIENCE_MS;
     for (i, b) in h.busy.iter().enumerate() {
         if live[i / 64] & (1 << (i % 64)) == 0 {
             continue;
@@ -294,7 +294,7 @@ fn reclaim_dead(h: &Header, always: bool) -> bool {
             spins += 1;
             if spins < 64 {
                 core::hint::spin_loop();
-            } else if now_ms() > deadline || guard::is_lost(LEDGER) {
+            } else if process::coarse_ms() > deadline || guard::is_lost(LEDGER) {
                 h.used.fetch_and(!FENCE, SeqCst);
                 debug!("ledger_reclaim_deferred reason=\"a live member is stopped in an update\"");
                 return false;
@@ -330,23 +330,15 @@ fn reclaim_dead(h: &Header, always: bool) -> bool {
 /// How long a reclaim waits for a live member to finish an update.
 const FENCE_PATIENCE_MS: u64 = 20;
 
-fn now_ms() -> u64 {
-    // SAFETY: plain C data; all-zero is a valid value.
-    let mut ts: libc::timespec = unsafe { core::mem::zeroed() };
-    // SAFETY: fills ts.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
 /// True when a reclaim scan is due (rate-limited: /proc reads are costly), so
 /// a SIGKILLed member's threads come back within ~50 ms.
 fn scan_due() -> bool {
     let last = LAST_SCAN_MS.load(Relaxed);
-    last == 0 || now_ms().saturating_sub(last) >= 50
+    last == 0 || process::coarse_ms().saturating_sub(last) >= 50
 }
 
 fn scanned() {
-    LAST_SCAN_MS.store(now_ms().max(1), Relaxed);
+    LAST_SCAN_MS.store(process::coarse_ms().max(1), Relaxed);
 }
 
 /// Takes `d` off `used`, keeping FENCE as it is and never going below 0.
