@@ -59,19 +59,19 @@ pub fn promised() -> Option<u32> {
 /// promised what is free and the next ones what is left of it (at least 1).
 static RESERVED: AtomicU64 = AtomicU64::new(0);
 
-/// How long a promise holds back its extras from the next askers: longer
+/// How long a promise holds back its team from the next askers: longer
 /// than the time between threads' first questions when they start together,
 /// much shorter than the time they then work.
 const RESERVE_MS: u32 = 100;
 
 /// The team `omp_get_max_threads()` promises a thread that has no promise
 /// yet, for a region of up to `want` threads (never fewer than 1): what the
-/// ledger would grant it now, less the extras held back for other threads'
-/// recent promises (see `RESERVED`); this promise's extras join those.
+/// ledger would grant it now, less the threads held back for other threads'
+/// recent promises (see `RESERVED`); this promise's team joins those.
 pub fn promise_new(want: u32) -> u32 {
     let me = u32::from(held_here() == 0);
-    // Ask the ledger for what the held-back extras leave room for: when that
-    // much is not free, it reclaims dead members first.
+    // Ask the ledger for room beyond what is held back: when that much is
+    // not free, it reclaims dead members first.
     let (_, held_back) = step(RESERVED.load(Acquire), coarse_ms32(), want, u32::MAX, me);
     let free = ledger::free_for(want.saturating_sub(1) + me + held_back);
     let mut extras = 0;

@@ -13,15 +13,15 @@ use core::ffi::c_int;
 /// `omp_get_max_threads()`: the first time a thread asks, what the ledger
 /// would grant it then (never more than the runtime's own answer or the
 /// budget), less what this process's threads were promised in the last
-/// 100 ms (`grant::promise_new`); after that, the same answer, until the thread calls
-/// `omp_set_num_threads` (the OpenMP contract: the nthreads ICV changes only
-/// when the program sets it). A conforming program may size per-thread
-/// buffers from one call and a region from another; an answer that moved
-/// between the two would overflow its buffers (seen: xgboost in 4 Python
-/// threads corrupted its heap with answers that followed the ledger). The
-/// answer is this thread's promise: its regions without a clause get exactly
-/// that many. Inside a region whose nested regions would be inactive the
-/// runtime's own answer stands.
+/// 100 ms (`grant::promise_new`); after that, the same answer, until the
+/// thread calls `omp_set_num_threads` (the OpenMP contract: the nthreads ICV
+/// changes only when the program sets it). A conforming program may size
+/// per-thread buffers from one call and a region from another; an answer
+/// that moved between the two would overflow its buffers (seen: xgboost in 4
+/// Python threads corrupted its heap with answers that followed the ledger).
+/// The answer is this thread's promise: its regions without a clause get
+/// exactly that many. Inside a region whose nested regions would be inactive
+/// the runtime's own answer stands.
 unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
     let ret = take_caller();
     let settings = super::ensure();
