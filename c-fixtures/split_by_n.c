@@ -19,7 +19,9 @@
  * answer minus 1: the extra threads promised to threads that asked together)
  * and first_ask_spread_ms (from the first thread's first question to the
  * last thread's first answer). With ASK_FIRST set, the main thread asks
- * omp_get_max_threads() before it starts the threads (and runs nothing). */
+ * omp_get_max_threads() before it starts the threads (and runs nothing);
+ * with ASK_FIRST=set, it starts them first, then asks and calls
+ * omp_set_num_threads(1) before it lets them go. */
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -114,9 +116,16 @@ int main(int argc, char **argv) {
     if (req_n < 1 || (mode == SELFCHECK && req_n < 2)) { fprintf(stderr, "bad n\n"); return 2; }
     pthread_t th[MAXT];
     static struct stats st[MAXT];
-    if (getenv("ASK_FIRST")) printf("main_n=%d\n", omp_get_max_threads());
-    pthread_barrier_init(&start, NULL, t);
+    const char *ask_first = getenv("ASK_FIRST");
+    int then_set = ask_first && !strcmp(ask_first, "set");
+    if (ask_first && !then_set) printf("main_n=%d\n", omp_get_max_threads());
+    pthread_barrier_init(&start, NULL, then_set ? t + 1 : t);
     for (int i = 0; i < t; i++) pthread_create(&th[i], NULL, worker, &st[i]);
+    if (then_set) {
+        printf("main_n=%d\n", omp_get_max_threads());
+        omp_set_num_threads(1);
+        pthread_barrier_wait(&start);
+    }
     long calls = 0, wrong = 0;
     int max_team = 0, min_team = 1 << 30, max_n = 0, min_n = 1 << 30, first_extras = 0;
     double first_lo = 1e300, first_hi = 0;

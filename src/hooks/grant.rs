@@ -90,8 +90,8 @@ pub fn promise_new(want: u32) -> u32 {
     ledger::team(extras)
 }
 
-/// This thread starts another thread, or ends: what its promise held back
-/// goes back. A thread that asked and then hands its work to threads it
+/// This thread starts another thread, sets its own number with
+/// `omp_set_num_threads`, or ends: what its promise held back goes back. A thread that asked and then hands its work to threads it
 /// starts (a main thread that asked, then fills a pool) would otherwise leave
 /// its workers a smaller share for the rest of the window, though it runs
 /// nothing itself. Erring large is erring to the answer without the window.

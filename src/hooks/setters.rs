@@ -74,6 +74,9 @@ unsafe extern "C-unwind" fn omp_set_num_threads_hook(n: c_int) {
         call!(t.real, fn(c_int) -> (), n as c_int);
         if n >= 1 {
             super::grant::promise(n as u32);
+            // The program chose its own number: the answer it was given
+            // before holds nothing back from other askers any more.
+            fenced((), super::grant::release_hold_back);
         }
     }
 }
