@@ -19,7 +19,7 @@
 use super::grant::{self, GiveBack, Grant};
 use super::table::Hook;
 use super::{call, take_caller, trampoline};
-use crate::runtime::{self, Impl};
+use crate::runtime::Impl;
 use crate::stackbuf::Quoted;
 use core::sync::atomic::Ordering::Relaxed;
 use log::debug;
@@ -34,7 +34,7 @@ fn enter(ret: usize, hook: Hook) -> (usize, Grant) {
         let Some(s) = settings else {
             return Grant::default();
         };
-        let Some((i, c)) = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c))) else {
+        let Some((i, c)) = t.indexed_copy() else {
             return Grant::default();
         };
         if c.imp != Impl::Openblas || c.blas_parallel() != 2 {

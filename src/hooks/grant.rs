@@ -72,7 +72,7 @@ pub fn promise_new(want: u32) -> u32 {
     let me = u32::from(held_here() == 0);
     // Ask the ledger for room beyond what is held back: when that much is
     // not free, it reclaims dead members first.
-    let (_, held_back) = step(RESERVED.load(Acquire), coarse_ms32(), want, u32::MAX, me);
+    let held_back = held_back(RESERVED.load(Acquire), coarse_ms32());
     let free = ledger::free_for(want.saturating_sub(1) + me + held_back);
     let mut extras = 0;
     let mut added = 0;
@@ -91,10 +91,11 @@ pub fn promise_new(want: u32) -> u32 {
 }
 
 /// This thread starts another thread, sets its own number with
-/// `omp_set_num_threads`, or ends: what its promise held back goes back. A thread that asked and then hands its work to threads it
-/// starts (a main thread that asked, then fills a pool) would otherwise leave
-/// its workers a smaller share for the rest of the window, though it runs
-/// nothing itself. Erring large is erring to the answer without the window.
+/// `omp_set_num_threads`, or ends: what its promise held back goes back. A
+/// thread that asked and then hands its work to threads it starts (a main
+/// thread that asked, then fills a pool) would otherwise leave its workers a
+/// smaller share for the rest of the window, though it runs nothing itself.
+/// Erring large is erring to the answer without the window.
 pub fn release_hold_back() {
     let mine = thread_state::with(|t| t.held_back.replace(0));
     if mine == 0 {
@@ -110,6 +111,14 @@ pub fn release_hold_back() {
     });
 }
 
+/// The threads the word `w` holds back at time `now`: 0 once its window has
+/// closed (see `step`).
+pub(crate) fn held_back(w: u64, now: u32) -> u32 {
+    let (last, held) = ((w >> 32) as u32, w as u32);
+    let open = held > 0 && (now.wrapping_sub(last) as i32) <= RESERVE_MS as i32;
+    if open { held } else { 0 }
+}
+
 fn coarse_ms32() -> u32 {
     crate::process::coarse_ms() as u32
 }
@@ -123,14 +132,10 @@ fn coarse_ms32() -> u32 {
 /// askers cannot keep it open. A promise holds back its whole team (the
 /// thread, when not already counted, and its extras): threads that each run
 /// at least themselves then leave the later askers less.
-/// With `free` = u32::MAX the second value is the threads held back now.
 pub(crate) fn step(w: u64, now: u32, want: u32, free: u32, me: u32) -> (u64, u32) {
-    let (last, held_back) = ((w >> 32) as u32, w as u32);
-    let open = held_back > 0 && (now.wrapping_sub(last) as i32) <= RESERVE_MS as i32;
-    let held_back = if open { held_back } else { 0 };
-    if free == u32::MAX {
-        return (w, held_back);
-    }
+    let last = (w >> 32) as u32;
+    let held_back = held_back(w, now);
+    let open = held_back > 0;
     let extras = want
         .saturating_sub(1)
         .min(free.saturating_sub(held_back).saturating_sub(me));
@@ -224,7 +229,7 @@ pub fn held_here() -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{RESERVE_MS, step};
+    use super::{RESERVE_MS, held_back, step};
 
     /// Teams promised to threads asking at the given times (ms), each with
     /// `free` threads free in the ledger, wanting `want`, counting itself.
@@ -300,7 +305,7 @@ mod tests {
     #[test]
     fn the_held_back_extras_are_read_without_a_change() {
         let (w, _) = step(0, 100, 2, 2, 1);
-        assert_eq!(step(w, 150, 2, u32::MAX, 1), (w, 2));
-        assert_eq!(step(w, 300, 2, u32::MAX, 1), (w, 0));
+        assert_eq!(held_back(w, 150), 2);
+        assert_eq!(held_back(w, 300), 0);
     }
 }

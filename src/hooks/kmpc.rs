@@ -96,7 +96,7 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
         let Some(s) = settings else {
             return Grant::default();
         };
-        let Some((i, c)) = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c))) else {
+        let Some((i, c)) = t.indexed_copy() else {
             return Grant::default();
         };
         let (Some(gtid_fn), Some(push_fn)) = (

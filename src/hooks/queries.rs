@@ -7,7 +7,6 @@
 
 use super::table::Hook;
 use super::{call, fenced, fork, grant, take_caller, trampoline};
-use crate::runtime;
 use core::ffi::c_int;
 
 /// `omp_get_max_threads()`: the first time a thread asks, what the ledger
@@ -32,7 +31,7 @@ unsafe extern "C-unwind" fn omp_get_max_threads_hook() -> c_int {
     let own = call!(t.real, fn() -> c_int,);
     fenced(own, || {
         let Some(s) = settings else { return own };
-        let copy = t.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
+        let copy = t.indexed_copy();
         if let Some((i, c)) = copy {
             if fork::serial_here(i) {
                 // A forked child whose pool could not be freed: one thread.

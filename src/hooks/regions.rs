@@ -107,7 +107,7 @@ fn size(
         team: requested,
         grant: Grant::default(),
     };
-    let copy = target.copy.and_then(|i| runtime::copy(i).map(|c| (i, c)));
+    let copy = target.indexed_copy();
     if let Some((i, c)) = copy {
         if fork::serial_here(i) {
             fork::child_region(c, hook.name(), serial_is_safe(requested, shape), requested);

@@ -21,6 +21,14 @@ pub struct Target {
     pub copy: Option<usize>,
 }
 
+impl Target {
+    /// The registered copy the call goes to, with its registry index.
+    #[inline]
+    pub fn indexed_copy(self) -> Option<(usize, &'static super::RuntimeCopy)> {
+        self.copy.and_then(|i| super::copy(i).map(|c| (i, c)))
+    }
+}
+
 const CACHE_SLOTS: usize = 4096;
 const PROBES: usize = 16;
 const BUSY: usize = usize::MAX;
