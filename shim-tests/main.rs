@@ -11,6 +11,7 @@ mod cli;
 mod fork_after_gomp;
 mod hardening;
 mod hazards;
+mod heap;
 mod hook_coverage;
 mod ledger;
 mod memcheck;

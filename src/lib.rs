@@ -5,6 +5,7 @@
 // (`cfg(not(test))`), which leaves the hook bodies unused there.
 #![cfg_attr(test, allow(dead_code))]
 
+mod arena;
 mod boundary;
 mod budget;
 mod config;

@@ -33,6 +33,8 @@ struct Launch {
     owner: usize,
 }
 
+const LAUNCH: core::alloc::Layout = core::alloc::Layout::new::<Launch>();
+
 /// Key whose destructor sees each wrapped thread end. Created once; 0 = not yet.
 static KEY: AtomicU32 = AtomicU32::new(u32::MAX);
 
@@ -78,11 +80,11 @@ fn key() -> Option<libc::pthread_key_t> {
 }
 
 extern "C" fn launch(p: *mut c_void) -> *mut c_void {
-    // SAFETY: `p` is the Launch we allocated with malloc in the creator; the new
+    // SAFETY: `p` is the Launch the creator allocated (`launch_box`); the new
     // thread owns it now.
     let Launch { start, arg, owner } = unsafe { core::ptr::read(p as *const Launch) };
-    // SAFETY: freeing our own allocation.
-    unsafe { libc::free(p) };
+    // SAFETY: freeing our own allocation, with the layout it was made with.
+    unsafe { std::alloc::dealloc(p.cast(), LAUNCH) };
     if let Some(k) = key() {
         // owner + 1 so the value is never NULL (destructors skip NULL values).
         // SAFETY: setting this thread's value of our key.
@@ -126,8 +128,11 @@ unsafe extern "C" fn pthread_create_hook(
     });
     let stats = stats_of(owner);
     let live = stats.threads_live.fetch_add(1, Relaxed) + 1;
-    // SAFETY: a plain allocation of a small POD; checked for NULL.
-    let launch_box = unsafe { libc::malloc(core::mem::size_of::<Launch>()) } as *mut Launch;
+    // From the shim's own heap (crate::arena), not the program's: libgomp
+    // starts its workers inside its first region, between its own
+    // allocations of the team, whose layout must stay as without the shim.
+    // SAFETY: a non-zero layout; checked for NULL.
+    let launch_box = unsafe { std::alloc::alloc(LAUNCH) } as *mut Launch;
     let r = if launch_box.is_null() {
         stats.threads_live.fetch_sub(1, Relaxed);
         // SAFETY: forwarding the caller's own arguments.
@@ -139,7 +144,7 @@ unsafe extern "C" fn pthread_create_hook(
         let r = unsafe { real(thread, attr, launch, launch_box.cast()) };
         if r != 0 {
             // SAFETY: the thread was not created, so the box is still ours.
-            unsafe { libc::free(launch_box.cast()) };
+            unsafe { std::alloc::dealloc(launch_box.cast(), LAUNCH) };
             stats.threads_live.fetch_sub(1, Relaxed);
         }
         r
