@@ -7,10 +7,9 @@
 //! ledger's attach, libgomp's first worker). Each byte it took from `malloc`
 //! then moved every later block of the program, libgomp's team and barrier
 //! among them, onto other cache lines. That is a change to the program's
-//! speed that has nothing to do with the budget. Measured on the tiny-region
-//! row (50,000 2-thread regions, two sets of 80 interleaved rounds): the
-//! shim 1.082x and 1.096x of no preload with its allocations in `malloc`,
-//! 1.025x and 1.042x with them in a private heap (README, "Benchmarks").
+//! speed that has nothing to do with the budget, and it was a large part of
+//! the shim's cost on the tiny-region row (2% to 6% of the row, in
+//! interleaved runs; README, "Benchmarks").
 //!
 //! How: a bump pointer over `ARENA_BYTES` of static memory (untouched pages
 //! cost nothing), taken with one compare-and-swap, so it is lock-free: safe
