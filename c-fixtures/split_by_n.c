@@ -18,8 +18,11 @@
  * in noclause mode also first_extras (the sum over threads of their first
  * answer minus 1: the extra threads promised to threads that asked together)
  * and first_ask_spread_ms (from the first thread's first question to the
- * last thread's first answer). With ASK_FIRST set, the main thread asks
- * omp_get_max_threads() before it starts the threads (and runs nothing);
+ * last thread's first answer), and ended_before_last_answer (1: a thread had
+ * ended, and given back what its promise held back, before the last thread
+ * was answered, so the threads did not ask together). With ASK_FIRST set,
+ * the main thread asks omp_get_max_threads() before it starts the threads
+ * (and runs nothing);
  * with ASK_FIRST=set, it starts them first, then asks and calls
  * omp_set_num_threads(1) before it lets them go. */
 #include <omp.h>
@@ -38,7 +41,7 @@ static enum mode mode = CLAUSE;
 static int calls_per_thread = 2000, req_n = 2;
 static pthread_barrier_t start;
 
-struct stats { long calls, wrong; int max_team, min_team, max_n, min_n, first_n; double first_ask_ms, first_answer_ms; };
+struct stats { long calls, wrong; int max_team, min_team, max_n, min_n, first_n; double first_ask_ms, first_answer_ms, end_ms; };
 
 static double now_ms(void) {
     struct timespec ts;
@@ -98,6 +101,7 @@ static void *worker(void *arg) {
         if (n > st->max_n) st->max_n = n;
         if (n < st->min_n) st->min_n = n;
     }
+    st->end_ms = now_ms();
     return NULL;
 }
 
@@ -128,7 +132,7 @@ int main(int argc, char **argv) {
     }
     long calls = 0, wrong = 0;
     int max_team = 0, min_team = 1 << 30, max_n = 0, min_n = 1 << 30, first_extras = 0;
-    double first_lo = 1e300, first_hi = 0;
+    double first_lo = 1e300, first_hi = 0, end_lo = 1e300;
     for (int i = 0; i < t; i++) {
         pthread_join(th[i], NULL);
         calls += st[i].calls; wrong += st[i].wrong;
@@ -139,10 +143,12 @@ int main(int argc, char **argv) {
         first_extras += st[i].first_n > 0 ? st[i].first_n - 1 : 0;
         if (st[i].first_ask_ms < first_lo) first_lo = st[i].first_ask_ms;
         if (st[i].first_answer_ms > first_hi) first_hi = st[i].first_answer_ms;
+        if (st[i].end_ms < end_lo) end_lo = st[i].end_ms;
     }
     printf("threads=%d\ncalls=%ld\nwrong_calls=%ld\nmax_team=%d\nmin_team=%d\nmax_n=%d\nmin_n=%d\ndynamic=%d\n",
            t, calls, wrong, max_team, min_team, max_n, min_n, omp_get_dynamic());
     if (mode == NOCLAUSE)
-        printf("first_extras=%d\nfirst_ask_spread_ms=%.3f\n", first_extras, first_hi - first_lo);
+        printf("first_extras=%d\nfirst_ask_spread_ms=%.3f\nended_before_last_answer=%d\n", first_extras,
+               first_hi - first_lo, end_lo < first_hi);
     return 0;
 }
