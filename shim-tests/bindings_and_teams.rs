@@ -168,6 +168,30 @@ fn no_clause_regions_get_omp_get_max_threads_under_contention() {
     assert!(r.int("max_team") <= 2, "within the budget: {}", r.stdout);
 }
 
+/// A run of `split_by_n 4 200 noclause` (with ASK_FIRST=`ask_first` when
+/// given) whose four threads did ask `omp_get_max_threads()` together: their
+/// first questions within 80 ms, and none ended (ending gives its hold-back
+/// back) before the last one was answered. The window is real time, so a run
+/// that missed it proves nothing and is retried, up to 8 in all. Every run
+/// must split correctly.
+fn asked_together(ask_first: Option<&str>) -> Run {
+    for _ in 0..8 {
+        let mut c = split_by_n(4, 200, "noclause").shim().cores(2);
+        if let Some(how) = ask_first {
+            c = c.env("ASK_FIRST", how);
+        }
+        let r = c.run();
+        r.ok();
+        assert_eq!(r.int("wrong_calls"), 0, "{}", r.stdout);
+        if r.float("first_ask_spread_ms") < 80.0 && r.int("ended_before_last_answer") == 0 {
+            return r;
+        }
+    }
+    panic!(
+        "{ask_first:?}: no run had its four threads ask together (within 80 ms, none ended before)"
+    );
+}
+
 #[test]
 fn threads_that_ask_together_share_the_budget_they_are_promised() {
     // Four threads released by one barrier each ask omp_get_max_threads()
@@ -175,27 +199,12 @@ fn threads_that_ask_together_share_the_budget_they_are_promised() {
     // a promise made within the last 100 ms holds its extras back from the
     // next askers, so one thread is promised 2 and the others 1 (without it,
     // all four were promised 2 and ran 8 threads on 2 cores, for good).
-    // The window is real time: a run whose threads asked further apart than
-    // that proves nothing and is retried.
-    for _ in 0..8 {
-        let r = split_by_n(4, 200, "noclause").shim().cores(2).run();
-        r.ok();
-        assert_eq!(r.int("wrong_calls"), 0, "{}", r.stdout);
-        // Only runs whose threads did ask together judge the rule: within
-        // 80 ms, and none ended (ending gives its hold-back back) before the
-        // last one was answered.
-        let spread = r.float("first_ask_spread_ms");
-        if spread >= 80.0 || r.int("ended_before_last_answer") != 0 {
-            continue;
-        }
-        assert!(
-            r.int("first_extras") <= 1,
-            "threads asking together were promised more extras than the budget holds\n{}",
-            r.stdout
-        );
-        return;
-    }
-    panic!("no run had its four threads ask together (within 80 ms, none ended before)");
+    let r = asked_together(None);
+    assert!(
+        r.int("first_extras") <= 1,
+        "threads asking together were promised more extras than the budget holds\n{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -206,28 +215,10 @@ fn a_thread_that_asked_and_then_starts_workers_leaves_them_the_budget() {
     // the 1 each they would get if it still held 2 back. ASK_FIRST=set: the
     // threads exist already, and main's omp_set_num_threads(1) ends it.
     for how in ["start", "set"] {
-        a_hold_back_ends(how);
-    }
-}
-
-fn a_hold_back_ends(how: &str) {
-    for _ in 0..8 {
-        let r = split_by_n(4, 200, "noclause")
-            .shim()
-            .cores(2)
-            .env("ASK_FIRST", how)
-            .run();
-        r.ok();
+        let r = asked_together(Some(how));
         assert_eq!(r.int("main_n"), 2, "{}", r.stdout);
-        assert_eq!(r.int("wrong_calls"), 0, "{}", r.stdout);
-        // As above: only runs whose threads asked together judge.
-        if r.float("first_ask_spread_ms") >= 80.0 || r.int("ended_before_last_answer") != 0 {
-            continue;
-        }
         assert_eq!(r.int("first_extras"), 1, "{how}: {}", r.stdout);
-        return;
     }
-    panic!("{how}: no run had its four threads ask together (within 80 ms, none ended before)");
 }
 
 #[test]
