@@ -37,7 +37,9 @@ impl Drop for Guard {
 /// Runs bookkeeping `f` under the reentry guard with panics fenced off: a panic
 /// must never cross the `extern "C"` boundary (it would abort the host), so a
 /// panicking or reentrant bookkeeping step yields `fallback` and the call is
-/// forwarded unchanged.
+/// forwarded unchanged. Always inlined: a hot hook's bookkeeping then
+/// compiles into the hook itself (see `hooks::regions::enter`).
+#[inline(always)]
 pub fn fenced<T>(fallback: T, f: impl FnOnce() -> T) -> T {
     let Some(_guard) = Guard::take() else {
         return fallback;

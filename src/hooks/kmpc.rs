@@ -109,12 +109,9 @@ extern "C" fn kmpc_pre(ret: usize, loc: *mut c_void) -> KmpcGo {
             return Grant::default();
         }
         let cap = s.cores();
-        let (asked, exact) = entitlement(
-            pushed,
-            Shape::Plain,
-            grant::promised(),
-            icv_of(Some(c), cap),
-        );
+        let (asked, exact) = entitlement(pushed, Shape::Plain, grant::promised(), || {
+            icv_of(Some(c), cap)
+        });
         let g = grant::take(Some((i, c)), asked, cap, exact);
         // SAFETY: both resolved from the caller's own copy by name, with the
         // kmpc ABI signatures: int(ident_t*), void(ident_t*, int, int).

@@ -202,7 +202,7 @@ pub fn no_target(name: &CStr, ret: usize) {
 
 /// As `target`, for bookkeeping that already runs inside `fenced` (a
 /// runtime function a hook calls in the caller's own copy): no error line.
-#[inline]
+#[inline(always)]
 pub fn lookup(ret: usize, hook: table::Hook) -> Option<crate::runtime::Target> {
     crate::runtime::resolve(ret, hook as u8, hook.name())
 }
