@@ -24,7 +24,12 @@
  * the main thread asks omp_get_max_threads() before it starts the threads
  * (and runs nothing);
  * with ASK_FIRST=set, it starts them first, then asks and calls
- * omp_set_num_threads(1) before it lets them go. */
+ * omp_set_num_threads(1) before it lets them go. With HELPERS set, worker i
+ * waits i x 5 ms after the barrier, asks, then starts and joins a helper
+ * thread that does nothing and waits 40 ms (outside any region) before its
+ * first region (as scikit-learn's HistGradientBoosting does: it asks, bins
+ * its data on a joblib thread pool, then runs its OpenMP regions itself),
+ * so each helper starts, and no region runs, when the next worker asks. */
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -40,6 +45,10 @@ enum mode { CLAUSE, NOCLAUSE, SELFCHECK };
 static enum mode mode = CLAUSE;
 static int calls_per_thread = 2000, req_n = 2;
 static pthread_barrier_t start;
+static int helpers;
+static int ids;
+
+static void *helper(void *arg) { return arg; }
 
 struct stats { long calls, wrong; int max_team, min_team, max_n, min_n, first_n; double first_ask_ms, first_answer_ms, end_ms; };
 
@@ -68,6 +77,10 @@ static void *worker(void *arg) {
     unsigned long acc[B];
     st->max_team = 0; st->min_team = 1 << 30; st->max_n = 0; st->min_n = 1 << 30;
     pthread_barrier_wait(&start);
+    if (helpers) {
+        struct timespec d = {0, 5000000L * __atomic_fetch_add(&ids, 1, __ATOMIC_RELAXED)};
+        nanosleep(&d, NULL);
+    }
     for (int c = 0; c < calls_per_thread; c++) {
         unsigned call = (unsigned)c * 7919u;
         int n, team = 0;
@@ -76,6 +89,12 @@ static void *worker(void *arg) {
             if (c == 0) st->first_ask_ms = now_ms();
             n = omp_get_max_threads();
             if (c == 0) { st->first_n = n; st->first_answer_ms = now_ms(); }
+            if (c == 0 && helpers) {
+                pthread_t h;
+                struct timespec work = {0, 40000000L};
+                if (pthread_create(&h, NULL, helper, NULL) == 0) pthread_join(h, NULL);
+                nanosleep(&work, NULL);
+            }
 #pragma omp parallel
             {
                 int id = omp_get_thread_num();
@@ -121,6 +140,7 @@ int main(int argc, char **argv) {
     pthread_t th[MAXT];
     static struct stats st[MAXT];
     const char *ask_first = getenv("ASK_FIRST");
+    helpers = getenv("HELPERS") != NULL;
     int then_set = ask_first && !strcmp(ask_first, "set");
     if (ask_first && !then_set) printf("main_n=%d\n", omp_get_max_threads());
     pthread_barrier_init(&start, NULL, then_set ? t + 1 : t);

@@ -90,12 +90,13 @@ pub fn promise_new(want: u32) -> u32 {
     ledger::team(extras)
 }
 
-/// This thread starts another thread, sets its own number with
-/// `omp_set_num_threads`, or ends: what its promise held back goes back. A
-/// thread that asked and then hands its work to threads it starts (a main
-/// thread that asked, then fills a pool) would otherwise leave its workers a
+/// This thread, the process's main thread, starts another thread; or it
+/// sets its own number with `omp_set_num_threads`, or ends: what its promise
+/// held back goes back. A main thread that asked and then hands its work to
+/// threads it starts (fills a pool) would otherwise leave its workers a
 /// smaller share for the rest of the window, though it runs nothing itself.
-/// Erring large is erring to the answer without the window.
+/// Erring large is erring to the answer without the window. Other threads
+/// that start threads keep their hold-back (see `hooks::threads`).
 pub fn release_hold_back() {
     let mine = thread_state::with(|t| t.held_back.replace(0));
     if mine == 0 {
