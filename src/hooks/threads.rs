@@ -93,6 +93,15 @@ extern "C" fn launch(p: *mut c_void) -> *mut c_void {
     start(arg)
 }
 
+/// True on the process's main thread, whose thread id is the pid.
+fn on_main_thread() -> bool {
+    // gettid() through syscall(2): glibc's wrapper is 2.30+, the wheel's
+    // floor is 2.17.
+    // SAFETY: SYS_gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    tid == i64::from(crate::process::pid())
+}
+
 fn real_create() -> Option<CreateFn> {
     let r = crate::next::PTHREAD_CREATE.get();
     // SAFETY: the symbol has pthread_create's signature.
@@ -126,8 +135,7 @@ unsafe extern "C" fn pthread_create_hook(
         // on a joblib thread pool, then runs OpenMP; releasing there let the
         // next askers see the whole budget: 4 threads promised 2 each, 1.27x
         // of loky's rule on 2 cores).
-        // SAFETY: gettid has no preconditions.
-        if owner == 0 && unsafe { libc::gettid() } == crate::process::pid() {
+        if owner == 0 && on_main_thread() {
             super::grant::release_hold_back();
         }
         owner
