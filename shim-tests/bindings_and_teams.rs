@@ -168,21 +168,15 @@ fn no_clause_regions_get_omp_get_max_threads_under_contention() {
     assert!(r.int("max_team") <= 2, "within the budget: {}", r.stdout);
 }
 
-/// A run of `split_by_n 4 R noclause` (R = 200, or 3,000 with HELPERS: its
-/// threads ask up to 15 ms apart; with the fixture's variables `env` set)
-/// whose four threads did ask `omp_get_max_threads()` together:
-/// their first questions within 80 ms, and none ended (ending gives its
-/// hold-back back) before the last one was answered. The window is real
-/// time, so a run that missed it proves nothing and is retried, up to 8 in
-/// all. Every run must split correctly.
+/// A run of `split_by_n 4 200 noclause` (with the fixture's variables `env`
+/// set) whose four threads did ask `omp_get_max_threads()` together: their
+/// first questions within 80 ms, and none ended (ending gives its hold-back
+/// back) before the last one was answered. The window is real time, so a run
+/// that missed it proves nothing and is retried, up to 8 in all. Every run
+/// must split correctly.
 fn asked_together(env: &[(&str, &str)]) -> Run {
     for _ in 0..8 {
-        let calls = if env.iter().any(|(k, _)| *k == "HELPERS") {
-            3000
-        } else {
-            200
-        };
-        let mut c = split_by_n(4, calls, "noclause").shim().cores(2);
+        let mut c = split_by_n(4, 200, "noclause").shim().cores(2);
         for (k, v) in env {
             c = c.env(k, v);
         }
@@ -203,10 +197,16 @@ fn threads_that_ask_together_share_the_budget_they_are_promised() {
     // a promise made within the last 100 ms holds its extras back from the
     // next askers, so one thread is promised 2 and the others 1 (without it,
     // all four were promised 2 and ran 8 threads on 2 cores, for good).
-    let r = asked_together(&[]);
+    they_share_the_budget(&[], "threads asking together");
+}
+
+/// Four threads that asked together (`asked_together`) were promised at
+/// most the budget (2) between them: one extra thread in all.
+fn they_share_the_budget(env: &[(&str, &str)], who: &str) {
+    let r = asked_together(env);
     assert!(
         r.int("first_extras") <= 1,
-        "threads asking together were promised more extras than the budget holds\n{}",
+        "{who} were promised more extras than the budget holds\n{}",
         r.stdout
     );
 }
@@ -220,12 +220,7 @@ fn a_worker_that_asked_and_starts_helper_threads_keeps_holding_back() {
     // starting threads: a worker's helper must not end its hold-back, or the
     // next askers see the whole budget (measured: all four promised 2, 8
     // threads on 2 cores, HistGradientBoosting 1.27x of loky's rule).
-    let r = asked_together(&[("HELPERS", "1")]);
-    assert!(
-        r.int("first_extras") <= 1,
-        "workers that start helpers were promised more extras than the budget holds\n{}",
-        r.stdout
-    );
+    they_share_the_budget(&[("HELPERS", "1")], "workers that start helpers");
 }
 
 #[test]
