@@ -72,3 +72,28 @@ fn the_shim_takes_nothing_from_the_programs_heap() {
     assert_eq!(r.get("sum"), "27000000");
     assert_eq!(heap_calls(&r), 0, "{}", r.stderr);
 }
+
+#[test]
+fn init_makes_no_heap_and_the_environment_stays_the_c_librarys() {
+    // A program that allocates nothing before main: the shim's exports at
+    // init (the ledger's name, the spin settings) must not create the C
+    // heap (a heap mapping costs every fork; src/environ.rs). The canary,
+    // which mallocs in its constructor, shows the probe sees a heap.
+    let canary = format!("{}/canary/libparbudget-canary.so", fixtures().display());
+    let r = cmd(&fixture("heap_at_main"), &[])
+        .env("LD_PRELOAD", &canary)
+        .run();
+    r.ok();
+    assert_eq!(r.get("heap_at_main"), "1", "the probe must see a heap");
+    let r = cmd(&fixture("heap_at_main"), &[]).shim().cores(2).run();
+    r.ok();
+    assert_eq!(r.get("heap_at_main"), "0", "{}", r.stderr);
+    assert!(r.get("ledger").starts_with("/parbudget-"), "{}", r.stdout);
+    assert_eq!(r.get("spincount"), "1000");
+    // The C library's own functions work on what the shim set.
+    assert_eq!(r.get("after_set"), "one");
+    assert_eq!(r.get("after_put"), "two");
+    assert_eq!(r.get("after_unset"), "(unset)");
+    assert_eq!(r.get("after_replace"), "/replaced");
+    assert_eq!(r.get("entries_ok"), "1");
+}

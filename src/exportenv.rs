@@ -2,8 +2,8 @@
 //! read these at load: libgomp, libomp and numpy's OpenBLAS honour a value set
 //! here) and for child processes.
 
-use crate::config;
 use crate::stackbuf::{Quoted, StackBuf};
+use crate::{config, environ};
 use core::ffi::CStr;
 use core::fmt::Write;
 use log::info;
@@ -96,22 +96,19 @@ pub fn clamp_value(
 /// first region), and every child process.
 pub fn export_spin() {
     if config::getenv(c"GOMP_SPINCOUNT").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
-        // SAFETY: NUL-terminated strings; setenv copies them.
-        unsafe { libc::setenv(c"GOMP_SPINCOUNT".as_ptr(), c"1000".as_ptr(), 1) };
+        environ::set(c"GOMP_SPINCOUNT", c"1000");
         info!(
             "env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"idle GNU OpenMP workers must not spin on cores granted to others\""
         );
     }
     if config::getenv(c"KMP_BLOCKTIME").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
-        // SAFETY: as above.
-        unsafe { libc::setenv(c"KMP_BLOCKTIME".as_ptr(), c"1".as_ptr(), 1) };
+        environ::set(c"KMP_BLOCKTIME", c"1");
         info!(
             "env_set var=KMP_BLOCKTIME value=\"1\" reason=\"idle LLVM/Intel OpenMP workers must not spin on cores granted to others\""
         );
     }
     if config::getenv(c"OPENBLAS_THREAD_TIMEOUT").is_none() {
-        // SAFETY: as above.
-        unsafe { libc::setenv(c"OPENBLAS_THREAD_TIMEOUT".as_ptr(), c"16".as_ptr(), 1) };
+        environ::set(c"OPENBLAS_THREAD_TIMEOUT", c"16");
         info!(
             "env_set var=OPENBLAS_THREAD_TIMEOUT value=\"16\" reason=\"idle OpenBLAS workers must not spin on cores granted to OpenMP\""
         );
@@ -142,8 +139,7 @@ fn export_dask() {
     {
         return;
     }
-    // SAFETY: NUL-terminated strings; setenv copies them.
-    unsafe { libc::setenv(DASK_PRE_SPAWN.as_ptr(), DASK_UNSET.as_ptr(), 1) };
+    environ::set(DASK_PRE_SPAWN, DASK_UNSET);
     info!(
         "env_set var=DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON reason=\"Dask workers would get OMP/MKL/OPENBLAS_NUM_THREADS=1; the ledger sizes their calls instead\""
     );
@@ -164,8 +160,7 @@ pub fn export(budget: u32, default_threads: u32) {
                 );
             }
             if let Some(v) = new.as_cstr() {
-                // SAFETY: both strings are NUL-terminated; setenv copies them.
-                unsafe { libc::setenv(var.as_ptr(), v.as_ptr(), 1) };
+                environ::set(var, v);
             }
         }
     }

@@ -10,6 +10,7 @@ mod boundary;
 mod budget;
 mod config;
 mod conflicts;
+mod environ;
 mod exportenv;
 mod flag;
 mod hooks;

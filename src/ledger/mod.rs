@@ -236,9 +236,9 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) {
         None => (new_name(), true),
     };
     if let Some(c) = name.clone().as_cstr() {
-        // SAFETY: NUL-terminated strings; at init, before the program's own
-        // threads read the environment. Children inherit the name.
-        unsafe { libc::setenv(c"PARBUDGET_LEDGER".as_ptr(), c.as_ptr(), 1) };
+        // At init, before the program's own threads read the environment.
+        // Children inherit the name.
+        crate::environ::set(c"PARBUDGET_LEDGER", c);
     }
     // SAFETY: the one write, before ATTACH is published below.
     unsafe { (*PLAN_NAME.0.get()).push_bytes(name.as_bytes()) };
