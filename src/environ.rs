@@ -21,7 +21,7 @@
 
 use core::cell::UnsafeCell;
 use core::ffi::{CStr, c_char};
-use core::sync::atomic::{AtomicBool, Ordering::*};
+use core::sync::atomic::{AtomicBool, Ordering::*, fence};
 
 /// Bytes for the "NAME=value" strings set here.
 const TEXT: usize = 2048;
@@ -130,6 +130,10 @@ unsafe fn set_in_store(name: &[u8], value: &[u8]) -> bool {
     s[need - 1] = 0;
     let entry = s.as_mut_ptr().cast::<c_char>();
     st.used += need;
+    // The string (and below, the array) is complete before a pointer to it
+    // is published: a thread reading the environment meanwhile (getenv
+    // takes no lock) follows the pointer to finished bytes on any CPU.
+    fence(Release);
     match found {
         // SAFETY: index within the array (counted above); replacing a
         // pointer is what setenv does for an existing variable.
@@ -142,6 +146,7 @@ unsafe fn set_in_store(name: &[u8], value: &[u8]) -> bool {
             }
             st.array[n] = entry;
             st.array[n + 1] = core::ptr::null_mut();
+            fence(Release);
             // SAFETY: a NULL-terminated array of NUL-terminated strings that
             // lives as long as the process.
             unsafe { environ = ours };
