@@ -97,3 +97,21 @@ fn init_makes_no_heap_and_the_environment_stays_the_c_librarys() {
     assert_eq!(r.get("after_replace"), "/replaced");
     assert_eq!(r.get("entries_ok"), "1");
 }
+
+#[test]
+fn an_environment_too_large_for_the_static_copy_still_gets_the_exports() {
+    // More variables than src/environ.rs's array holds (4,096 pointers):
+    // the shim falls back to the C library's setenv, which allocates.
+    let mut c = cmd(&fixture("heap_at_main"), &[]).shim().cores(2);
+    for i in 0..4200 {
+        c = c.env(&format!("PB_FILLER_{i}"), "x");
+    }
+    let r = c.run();
+    r.ok();
+    assert_eq!(r.get("heap_at_main"), "1", "setenv's fallback allocates");
+    assert!(r.get("ledger").starts_with("/parbudget-"), "{}", r.stdout);
+    assert_eq!(r.get("spincount"), "1000");
+    assert_eq!(r.get("after_set"), "one");
+    assert_eq!(r.get("after_unset"), "(unset)");
+    assert_eq!(r.get("entries_ok"), "1");
+}
