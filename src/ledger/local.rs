@@ -4,7 +4,8 @@
 //! this process holds there, ready to take over if it is lost). The shared
 //! ledger (`shared`) does the same arithmetic under its mutex.
 
-use core::sync::atomic::{AtomicU32, Ordering::*};
+use crate::thread_state::CELLS;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering::*};
 
 /// What `enter` granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,13 @@ pub fn extras_for(want: u32, need: u32, free_for_extras: u32) -> Entered {
 pub struct Ledger {
     used: AtomicU32,
     cores: AtomicU32,
+    /// Some thread counted itself in `cells` (see `mirror_add`).
+    mirrored: AtomicBool,
+    /// Threads held elsewhere by the thread of each cell
+    /// (`thread_state::cell`), one writer per cell: the process's mirror of
+    /// its cells in the tree's ledger (`ledger::enter`). Beside `used`, so a
+    /// forked child reads them from a page its parent already touched.
+    cells: [AtomicU32; CELLS],
 }
 
 impl Ledger {
@@ -35,6 +43,68 @@ impl Ledger {
         Ledger {
             used: AtomicU32::new(0),
             cores: AtomicU32::new(1),
+            mirrored: AtomicBool::new(false),
+            cells: [const { AtomicU32::new(0) }; CELLS],
+        }
+    }
+
+    /// Counts `n` threads that the thread of cell `c` took elsewhere, with
+    /// plain stores (its own cell): no locked instruction. Without a cell,
+    /// in `used`.
+    #[inline]
+    pub fn mirror_add(&self, cell: Option<usize>, n: u32) {
+        match cell.and_then(|c| self.cells.get(c)) {
+            Some(m) => {
+                m.store(m.load(Relaxed).saturating_add(n), Relaxed);
+                if !self.mirrored.load(Relaxed) {
+                    self.mirrored.store(true, Relaxed);
+                }
+            }
+            None => self.add_used(n),
+        }
+    }
+
+    /// `n` threads of a region of cell `c`'s thread go back: from its cell as
+    /// far as it holds them, the rest from `used` (a region entered here
+    /// after the shared ledger was lost, or before a fork).
+    #[inline]
+    pub fn mirror_take(&self, cell: Option<usize>, n: u32) {
+        let rest = match cell.and_then(|c| self.cells.get(c)) {
+            Some(m) => {
+                let held = m.load(Relaxed);
+                let d = held.min(n);
+                if d > 0 {
+                    m.store(held - d, Relaxed);
+                }
+                n - d
+            }
+            None => n,
+        };
+        if rest > 0 {
+            self.leave_as(rest, false);
+        }
+    }
+
+    /// Threads the cells hold.
+    pub fn mirrored(&self) -> u32 {
+        if !self.mirrored.load(Relaxed) {
+            return 0;
+        }
+        self.cells
+            .iter()
+            .fold(0u32, |a, m| a.saturating_add(m.load(Relaxed)))
+    }
+
+    /// Empties the cells (a forked child: what its forking thread holds is
+    /// given to `reset_if_changed`), writing only where one holds something.
+    pub fn clear_mirror(&self) {
+        if !self.mirrored.load(Relaxed) {
+            return;
+        }
+        for m in &self.cells {
+            if m.load(Relaxed) != 0 {
+                m.store(0, Relaxed);
+            }
         }
     }
 
@@ -65,12 +135,27 @@ impl Ledger {
 
     /// As `enter`; with `count_caller` false the caller is already counted
     /// (a nested region on the same thread) and only extras are taken.
+    #[cfg(test)]
     pub fn enter_as(&self, want: u32, need: u32, count_caller: bool) -> Entered {
+        self.enter_beside(want, need, count_caller, 0)
+    }
+
+    /// As `enter_as`, with `elsewhere` threads in use that this count does
+    /// not hold (the process's mirror of its shared-ledger cells, see
+    /// `ledger::MIRROR`).
+    pub fn enter_beside(
+        &self,
+        want: u32,
+        need: u32,
+        count_caller: bool,
+        elsewhere: u32,
+    ) -> Entered {
         let cores = self.cores.load(Relaxed);
         let me = u32::from(count_caller);
         let mut cur = self.used.load(Relaxed);
         loop {
-            let e = extras_for(want, need, cores.saturating_sub(cur.saturating_add(me)));
+            let in_use = cur.saturating_add(elsewhere).saturating_add(me);
+            let e = extras_for(want, need, cores.saturating_sub(in_use));
             match self.used.compare_exchange_weak(
                 cur,
                 cur.saturating_add(me + e.extras),
@@ -114,6 +199,7 @@ impl Ledger {
     }
 
     /// Threads of the budget not in use now.
+    #[cfg(test)]
     pub fn free(&self) -> u32 {
         self.cores
             .load(Relaxed)
@@ -235,6 +321,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn threads_counted_elsewhere_leave_less_free() {
+        let l = Ledger::new();
+        l.reset(4, 0);
+        // Two threads held in the mirror: a lone caller gets one extra.
+        let e = l.enter_beside(3, 0, true, 2);
+        assert_eq!(e.extras, 1);
+        assert_eq!(l.used(), 2, "only the caller and its extra count here");
+        l.leave_as(e.extras, true);
+        // A promise is still kept, over the budget.
+        let e = l.enter_beside(3, 3, true, 4);
+        assert_eq!(
+            e,
+            Entered {
+                extras: 3,
+                over: true
+            }
+        );
+        l.leave_as(e.extras, true);
+        assert_eq!(l.free(), 4);
+    }
+
+    #[test]
+    fn the_mirror_counts_beside_used_and_gives_back_from_either() {
+        let l = Ledger::new();
+        l.reset(4, 0);
+        l.mirror_add(Some(3), 2);
+        l.mirror_add(None, 1);
+        assert_eq!((l.used(), l.mirrored()), (1, 2));
+        // An exit takes from its cell first, then from `used`.
+        l.mirror_take(Some(3), 3);
+        assert_eq!((l.used(), l.mirrored()), (0, 0));
+        l.mirror_add(Some(0), 1);
+        l.clear_mirror();
+        assert_eq!(l.mirrored(), 0);
     }
 
     #[test]
