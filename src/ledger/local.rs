@@ -48,7 +48,7 @@ impl Ledger {
         }
     }
 
-    /// Counts `n` threads that the thread of cell `c` took elsewhere, with
+    /// Counts `n` threads that the thread of `cell` took elsewhere, with
     /// plain stores (its own cell): no locked instruction. Without a cell,
     /// in `used`.
     #[inline]
@@ -64,7 +64,7 @@ impl Ledger {
         }
     }
 
-    /// `n` threads of a region of cell `c`'s thread go back: from its cell as
+    /// `n` threads of a region of `cell`'s thread go back: from its cell as
     /// far as it holds them, the rest from `used` (a region entered here
     /// after the shared ledger was lost, or before a fork).
     #[inline]
@@ -141,8 +141,8 @@ impl Ledger {
     }
 
     /// As `enter_as`, with `elsewhere` threads in use that this count does
-    /// not hold (the process's mirror of its shared-ledger cells, see
-    /// `ledger::MIRROR`).
+    /// not hold (what `cells` still mirror of the shared ledger after it was
+    /// lost: `mirrored`).
     pub fn enter_beside(
         &self,
         want: u32,

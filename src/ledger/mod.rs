@@ -51,9 +51,11 @@ static LOCAL: Ledger = Ledger::new();
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
     ensure_attached();
-    match shared::enter(want, need, count_caller) {
+    // The thread's cell, looked up once for both ledgers.
+    let cell = thread_state::my_cell();
+    match shared::enter(want, need, count_caller, cell) {
         Some(e) => {
-            LOCAL.mirror_add(thread_state::my_cell(), e.extras + u32::from(count_caller));
+            LOCAL.mirror_add(cell, e.extras + u32::from(count_caller));
             e
         }
         None => {
@@ -71,10 +73,11 @@ pub fn release_cell() {
 /// The region entered with `extras` (and the same `count_caller`) ended.
 #[inline]
 pub fn leave(extras: u32, count_caller: bool) {
-    if !shared::leave(extras, count_caller) {
+    let cell = thread_state::my_cell();
+    if !shared::leave(extras, count_caller, cell) {
         tell_loss();
     }
-    LOCAL.mirror_take(thread_state::my_cell(), extras + u32::from(count_caller));
+    LOCAL.mirror_take(cell, extras + u32::from(count_caller));
 }
 
 /// The one line a process writes when it loses the shared ledger, at its

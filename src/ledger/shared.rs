@@ -402,16 +402,9 @@ fn my_slot(h: &Header) -> Option<usize> {
 /// ours: what the lock-free path needs.
 #[inline]
 fn mine() -> Option<(&'static Header, usize)> {
-    mine_and_pid().map(|(h, i, _)| (h, i))
-}
-
-/// `mine`, with our pid (the hot paths look up the thread's cell with it).
-#[inline]
-fn mine_and_pid() -> Option<(&'static Header, usize, i32)> {
     let h = header()?;
     let i = MY_SLOT.load(Relaxed);
-    let pid = process::pid();
-    (i < SLOTS && h.slots[i].pid.load(Relaxed) == pid).then_some((h, i, pid))
+    (i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid()).then_some((h, i))
 }
 
 // ---------------------------------------------------------------------------
@@ -631,21 +624,21 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 /// our slot's `held`, announced in `busy`). The mutex is taken to claim our
 /// slot, to reclaim dead members when short, and while a rebuild is fenced.
 #[inline]
-pub fn enter(want: u32, need: u32, count_caller: bool) -> Option<Entered> {
+pub fn enter(want: u32, need: u32, count_caller: bool, cell: Option<usize>) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i, pid)) = mine_and_pid()
-        && let Change::Done(e) = count_entry(h, i, thread_state::cell(pid), want, need, me, true)
+    if let Some((h, i)) = mine()
+        && let Change::Done(e) = count_entry(h, i, cell, want, need, me, true)
     {
         return (!guard::is_lost(LEDGER)).then_some(e);
     }
-    enter_locked(want, need, me)
+    enter_locked(want, need, me, cell)
 }
 
 /// `enter` under the mutex: the first entry (to claim a slot), a reclaim
 /// due, or a rebuild fenced.
 #[cold]
 #[inline(never)]
-fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
+fn enter_locked(want: u32, need: u32, me: u32, cell: Option<usize>) -> Option<Entered> {
     let h = header()?;
     let l = Locked::new(h).ok()?;
     let Some(i) = my_slot(l.h) else {
@@ -662,7 +655,7 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
         scanned();
         reclaim_dead(h, false);
     }
-    match count_entry(h, i, thread_state::my_cell(), want, need, me, false) {
+    match count_entry(h, i, cell, want, need, me, false) {
         Change::Done(e) => Some(e),
         Change::Locked => None,
     }
@@ -672,20 +665,20 @@ fn enter_locked(want: u32, need: u32, me: u32) -> Option<Entered> {
 /// process holds: a forked child ending a region its parent entered is a
 /// no-op. False when the shared ledger is not in use (or was lost).
 #[inline]
-pub fn leave(extras: u32, count_caller: bool) -> bool {
+pub fn leave(extras: u32, count_caller: bool, cell: Option<usize>) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i, pid)) = mine_and_pid()
-        && let Change::Done(()) = count_exit(h, i, thread_state::cell(pid), n, true)
+    if let Some((h, i)) = mine()
+        && let Change::Done(()) = count_exit(h, i, cell, n, true)
     {
         return !guard::is_lost(LEDGER);
     }
-    leave_locked(n)
+    leave_locked(n, cell)
 }
 
 /// `leave` under the mutex (a rebuild fenced, or no slot of ours).
 #[cold]
 #[inline(never)]
-fn leave_locked(n: u32) -> bool {
+fn leave_locked(n: u32, cell: Option<usize>) -> bool {
     let Some(h) = header() else { return false };
     let l = match Locked::new(h) {
         Ok(l) => l,
@@ -694,7 +687,7 @@ fn leave_locked(n: u32) -> bool {
     };
     let i = MY_SLOT.load(Relaxed);
     if i < SLOTS && l.h.slots[i].pid.load(Relaxed) == process::pid() {
-        let _ = count_exit(h, i, thread_state::my_cell(), n, false);
+        let _ = count_exit(h, i, cell, n, false);
     }
     true
 }
@@ -1339,8 +1332,9 @@ mod tests {
         let tree = attach(name.as_bytes(), 4, 1).unwrap_or_else(|e| panic!("attach: {e}"));
         assert_eq!(tree, 4);
         assert!(std::fs::metadata(&file).unwrap().len() as usize == SIZE);
-        assert!(enter(1, 0, true).is_some(), "shared ledger in use");
-        assert!(leave(1, true));
+        let cell = thread_state::my_cell();
+        assert!(enter(1, 0, true, cell).is_some(), "shared ledger in use");
+        assert!(leave(1, true, cell));
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
