@@ -73,6 +73,59 @@ fn run_puts_the_shim_first_and_keeps_the_users_preload() {
 }
 
 #[test]
+fn run_sets_the_short_spin_before_exec_so_a_libgomp_linked_into_the_program_takes_it() {
+    // libgomp reads GOMP_SPINCOUNT in its own constructor, which runs before
+    // the shim's, and reports what it took (OMP_DISPLAY_ENV=VERBOSE, stderr).
+    let f = fixture("regions_gcc");
+    let spin = |c: Cmd| {
+        let r = c.env("OMP_DISPLAY_ENV", "VERBOSE").run();
+        r.ok();
+        r.stderr
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("GOMP_SPINCOUNT = "))
+            .map(|v| v.trim_matches('\'').to_string())
+            .unwrap_or_else(|| panic!("libgomp reported no spin count:\n{}", r.stderr))
+    };
+    // The developer's own spin count must not decide the result.
+    let clean = |c: Cmd| c.env_remove("GOMP_SPINCOUNT");
+    let plain = || clean(cmd(&f, &["1", "64"]));
+    let launched = || clean(cmd(&bin(), &["run", "--cores", "2", "--", &f, "1", "64"]));
+    // A bare LD_PRELOAD comes too late for it: libgomp keeps its default.
+    let default = spin(plain());
+    assert_eq!(spin(plain().shim().cores(2)), default);
+    assert_ne!(default, "1000");
+    // The launcher sets it before exec.
+    assert_eq!(spin(launched()), "1000");
+    // What the user chose is kept: a spin count, or a wait policy (libgomp
+    // then derives its own spin, as without the launcher).
+    assert_eq!(spin(launched().env("GOMP_SPINCOUNT", "5000")), "5000");
+    for policy in ["active", "passive"] {
+        assert_eq!(
+            spin(launched().env("OMP_WAIT_POLICY", policy)),
+            spin(plain().env("OMP_WAIT_POLICY", policy)),
+            "{policy}"
+        );
+    }
+    // The other rows: set unless the user chose (the shim, whose init
+    // exports the same rows, keeps both).
+    let r = cmd(
+        &bin(),
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$KMP_BLOCKTIME|$OPENBLAS_THREAD_TIMEOUT\"",
+        ],
+    )
+    .env_remove("KMP_BLOCKTIME")
+    .env("OPENBLAS_THREAD_TIMEOUT", "9")
+    .run();
+    r.ok();
+    assert_eq!(r.stdout.trim(), "1|9");
+}
+
+#[test]
 fn run_takes_a_command_without_dashes_and_the_last_of_a_repeated_option() {
     let r = cmd(
         &bin(),

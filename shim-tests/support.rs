@@ -190,6 +190,10 @@ impl Cmd {
         self.cmd.env(k, v);
         self
     }
+    pub fn env_remove(mut self, k: &str) -> Self {
+        self.cmd.env_remove(k);
+        self
+    }
     pub fn cores(self, n: u32) -> Self {
         self.env("PARBUDGET_CORES", &n.to_string())
     }

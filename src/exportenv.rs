@@ -89,29 +89,24 @@ pub fn clamp_value(
 /// one right-sized process of 50,000 tiny regions 0.991x of the default
 /// without the shim.
 ///
-/// So the three short spins are exported, unless the user chose a wait
-/// policy, spin count, block time or timeout. They reach runtimes that load
-/// after us (numpy's OpenBLAS, ctypes-loaded OpenMP), libomp and libiomp5
-/// even when linked into the program (they read the environment at their
-/// first region), and every child process.
+/// So the three short spins (the rows of `spin::SPIN`) are exported, unless
+/// the user chose a wait policy, spin count, block time or timeout. They
+/// reach runtimes that load after us (numpy's OpenBLAS, ctypes-loaded
+/// OpenMP), libomp and libiomp5 even when linked into the program (they read
+/// the environment at their first region), and every child process. A
+/// libgomp linked into the program has read its spin count before we run:
+/// `parbudget run` sets the same rows before exec for it.
 pub fn export_spin() {
-    if config::getenv(c"GOMP_SPINCOUNT").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
-        environ::set(c"GOMP_SPINCOUNT", c"1000");
-        info!(
-            "env_set var=GOMP_SPINCOUNT value=\"1000\" reason=\"idle GNU OpenMP workers must not spin on cores granted to others\""
-        );
-    }
-    if config::getenv(c"KMP_BLOCKTIME").is_none() && config::getenv(c"OMP_WAIT_POLICY").is_none() {
-        environ::set(c"KMP_BLOCKTIME", c"1");
-        info!(
-            "env_set var=KMP_BLOCKTIME value=\"1\" reason=\"idle LLVM/Intel OpenMP workers must not spin on cores granted to others\""
-        );
-    }
-    if config::getenv(c"OPENBLAS_THREAD_TIMEOUT").is_none() {
-        environ::set(c"OPENBLAS_THREAD_TIMEOUT", c"16");
-        info!(
-            "env_set var=OPENBLAS_THREAD_TIMEOUT value=\"16\" reason=\"idle OpenBLAS workers must not spin on cores granted to OpenMP\""
-        );
+    for s in &crate::spin::SPIN {
+        if crate::spin::wanted(s, |v| config::getenv(v).is_some()) {
+            environ::set(s.var, s.value);
+            info!(
+                "env_set var={} value={} reason=\"{}\"",
+                s.var.to_str().unwrap_or("?"),
+                Quoted(s.value.to_bytes()),
+                s.reason
+            );
+        }
     }
 }
 

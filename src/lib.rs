@@ -21,6 +21,7 @@ mod next;
 mod process;
 mod report;
 mod runtime;
+mod spin;
 mod stackbuf;
 mod thread_state;
 mod warnings;

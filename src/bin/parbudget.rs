@@ -358,7 +358,28 @@ fn command(cmd: &[OsString], env: &[(&str, String)], shim: &Path) -> Command {
     for (k, v) in env {
         c.env(k, v);
     }
+    for (k, v) in spin_env(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty())) {
+        c.env(k, v);
+    }
     c
+}
+
+// The short spin settings, shared with the shim (a file with no dependency on
+// the rest of the shim).
+#[path = "../spin.rs"]
+#[allow(dead_code)]
+mod spin;
+
+/// The spin rows the shim would export at init, set here before exec: a
+/// runtime linked into the program reads them before the shim's constructor
+/// runs (libgomp's spin count), so only the launcher can reach it. The same
+/// rule as the shim's (`spin::wanted`), so a later export is a no-op.
+fn spin_env(is_set: impl Fn(&str) -> bool) -> Vec<(&'static str, &'static str)> {
+    spin::SPIN
+        .iter()
+        .filter(|s| spin::wanted(s, |v| v.to_str().is_ok_and(&is_set)))
+        .filter_map(|s| Some((s.var.to_str().ok()?, s.value.to_str().ok()?)))
+        .collect()
 }
 
 fn run(a: RunArgs) -> ExitCode {
