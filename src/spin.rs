@@ -46,3 +46,30 @@ pub const SPIN: [Spin; 3] = [
 pub fn wanted(s: &Spin, is_set: impl Fn(&CStr) -> bool) -> bool {
     !s.unless.iter().any(|v| is_set(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_rows(set: &[&CStr]) -> Vec<&'static CStr> {
+        SPIN.iter()
+            .filter(|s| wanted(s, |v| set.contains(&v)))
+            .map(|s| s.var)
+            .collect()
+    }
+
+    #[test]
+    fn each_row_yields_to_its_own_variable_and_a_wait_policy_to_the_openmp_rows_only() {
+        let all = [
+            c"GOMP_SPINCOUNT",
+            c"KMP_BLOCKTIME",
+            c"OPENBLAS_THREAD_TIMEOUT",
+        ];
+        assert_eq!(set_rows(&[]), all);
+        assert_eq!(set_rows(&[c"GOMP_SPINCOUNT"]), all[1..]);
+        assert_eq!(set_rows(&[c"OPENBLAS_THREAD_TIMEOUT"]), all[..2]);
+        assert_eq!(set_rows(&[c"OMP_WAIT_POLICY"]), all[2..]);
+        // Unrelated variables change nothing.
+        assert_eq!(set_rows(&[c"OMP_NUM_THREADS", c"GOMP_CPU_AFFINITY"]), all);
+    }
+}
