@@ -201,7 +201,9 @@ pub fn take(copy: Option<(usize, &RuntimeCopy)>, asked: u32, cap: u32, exact: bo
     let want = asked.clamp(1, cap.max(1));
     let caller = held_here() == 0;
     let need = if exact { want - 1 } else { 0 };
-    let entered = ledger::enter(want - 1, need, caller);
+    // The thread's cell, looked up once for the ledgers and the statistics.
+    let cell = thread_state::my_cell();
+    let entered = ledger::enter(cell, want - 1, need, caller);
     let extras = entered.extras;
     thread_state::with(|t| t.held.set(t.held.get() + u32::from(caller) + extras));
     let g = Grant {
@@ -212,7 +214,7 @@ pub fn take(copy: Option<(usize, &RuntimeCopy)>, asked: u32, cap: u32, exact: bo
     if let Some((i, c)) = copy {
         let team = g.team();
         c.stats.note_request(asked);
-        crate::runtime::count_region(i, &c.stats, team);
+        crate::runtime::count_region(cell, i, &c.stats, team);
         if team < asked {
             c.stats.cut.fetch_add(1, Relaxed);
         }

@@ -124,7 +124,7 @@ fn size(
     if let Some((i, c)) = copy {
         if fork::serial_here(i) {
             fork::child_region(c, hook.name(), serial_is_safe(requested, shape), requested);
-            runtime::count_region(i, &c.stats, 1);
+            runtime::count_region(crate::thread_state::my_cell(), i, &c.stats, 1);
             return Entry {
                 team: 1,
                 ..passthrough

@@ -47,12 +47,12 @@ static LOCAL: Ledger = Ledger::new();
 /// tree's ledger if attached, else from this process's. Returns the extras
 /// granted and whether they took the ledger over the budget. `count_caller`
 /// is false for a region nested on a thread already counted by an enclosing
-/// region (it must not count twice).
+/// region (it must not count twice). `cell` is the calling thread's
+/// (`thread_state::my_cell`), looked up once by the caller for both ledgers
+/// and its statistics.
 #[inline]
-pub fn enter(want: u32, need: u32, count_caller: bool) -> Entered {
+pub fn enter(cell: Option<usize>, want: u32, need: u32, count_caller: bool) -> Entered {
     ensure_attached();
-    // The thread's cell, looked up once for both ledgers.
-    let cell = thread_state::my_cell();
     match shared::enter(want, need, count_caller, cell) {
         Some(e) => {
             LOCAL.mirror_add(cell, e.extras + u32::from(count_caller));

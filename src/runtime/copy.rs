@@ -124,11 +124,13 @@ pub fn claim_count_row(c: usize, pid: i32) {
 }
 
 /// Counts one region (or sized call) of copy `index` with team `team`: in
-/// the calling thread's row if it has a cell, else in the shared counters.
+/// the row of the calling thread's cell `cell` (`thread_state::my_cell`,
+/// which the caller has looked up for the ledger too) if it has one, else in
+/// the shared counters.
 #[inline]
-pub fn count_region(index: usize, stats: &Stats, team: u32) {
+pub fn count_region(cell: Option<usize>, index: usize, stats: &Stats, team: u32) {
     if index < MAX_COPIES
-        && let Some(c) = crate::thread_state::my_cell()
+        && let Some(c) = cell
     {
         let k = &COUNT_ROWS[c].copies[index];
         // One writer: this thread (see CountRow).
