@@ -30,9 +30,17 @@
 //!   fewer threads; garbage (a team that skips work, a region run by a
 //!   runtime copy the code was not bound to) is off by far more.
 //!
-//! `plain_results_are_bitwise_across_thread_counts_where_claimed` re-checks
-//! that classification on the machine running the suite, so a different
-//! BLAS or CPU shows up there and not as a shim failure.
+//! The first class is re-measured on the machine running the suite
+//! (`bitwise_here`: the plain run with one thread per pool against the
+//! default): a workload whose float outputs move with the thread count here
+//! is held to `REL_TOL` instead, as the second class is. OpenBLAS picks its
+//! kernels and its split of a product by CPU: on an AVX-512 AMD EPYC
+//! (OpenBLAS's SkylakeX kernels), numpy's 400x400 products round differently
+//! on 1 and 2 threads, where the machine this was written on gave the same
+//! bits. Integer outputs must match bitwise everywhere.
+//! `plain_results_are_bitwise_across_thread_counts_where_claimed` fails when
+//! integer outputs move with the thread count, or float outputs by more than
+//! rounding, and names the workloads held to the tolerance here.
 
 use crate::support::*;
 use std::collections::HashMap;
@@ -45,8 +53,17 @@ const ALL: &[&str] = &[
     "hgb", "kmeans", "argmin", "knn", "xgb2", "xgbdef", "scipy", "numpy",
 ];
 
-/// Float outputs that are bitwise identical whatever the thread count.
+/// Float outputs that were bitwise identical whatever the thread count where
+/// this was written; `bitwise_here` says which still are on this machine.
 const FLOAT_BITWISE: &[&str] = &["hgb", "argmin", "knn", "xgb2", "xgbdef", "numpy"];
+
+/// Whether workload `w`'s float outputs are held bitwise on this machine:
+/// claimed (`FLOAT_BITWISE`) and the same in the plain run with one thread
+/// per pool as in the default plain run.
+fn bitwise_here(w: &str) -> bool {
+    let key = format!("{w}_f");
+    FLOAT_BITWISE.contains(&w) && plain_one().get(&key) == plain().get(&key)
+}
 
 /// Tolerance, relative to the weighted sum of magnitudes, for the float
 /// outputs that depend on the thread count (measured: ~1e-15).
@@ -76,6 +93,20 @@ fn plain() -> &'static HashMap<String, String> {
         let r = script_cmd(&["alone"]).run();
         r.ok();
         assert_no_errors(&r, "plain alone");
+        r.kv()
+    })
+}
+
+/// The plain result of every workload with one thread per pool.
+fn plain_one() -> &'static HashMap<String, String> {
+    static ONE: OnceLock<HashMap<String, String>> = OnceLock::new();
+    ONE.get_or_init(|| {
+        let r = script_cmd(&["alone"])
+            .env("OMP_NUM_THREADS", "1")
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .run();
+        r.ok();
+        assert_no_errors(&r, "plain alone, one thread per pool");
         r.kv()
     })
 }
@@ -123,7 +154,7 @@ fn diff(
                 ));
             }
         }
-        if FLOAT_BITWISE.contains(&w) {
+        if bitwise_here(w) {
             if f != want("f") {
                 bad.push(format!(
                     "{prefix}{w}: float outputs not bitwise equal: {f} != plain {} (checksum {} vs plain {})",
@@ -173,22 +204,13 @@ fn assert_same(
 
 #[test]
 fn plain_results_are_bitwise_across_thread_counts_where_claimed() {
-    // The premise of FLOAT_BITWISE, checked plainly: one thread per pool
-    // against the default.
-    let one = script_cmd(&["alone"])
-        .env("OMP_NUM_THREADS", "1")
-        .env("OPENBLAS_NUM_THREADS", "1")
-        .run();
-    one.ok();
-    let one = one.kv();
+    // The premise, checked plainly: one thread per pool against the default.
+    // Integer outputs never depend on the thread count; float outputs that
+    // do (here) are held to the tolerance, which must cover them.
+    let one = plain_one();
     let base = plain();
     let mut bad = Vec::new();
     for &w in ALL {
-        if FLOAT_BITWISE.contains(&w) && one[&format!("{w}_f")] != base[&format!("{w}_f")] {
-            bad.push(format!(
-                "{w} float outputs depend on the thread count on this machine"
-            ));
-        }
         if let Some(i) = base.get(&format!("{w}_int"))
             && &one[&format!("{w}_int")] != i
         {
@@ -201,12 +223,22 @@ fn plain_results_are_bitwise_across_thread_counts_where_claimed() {
         bad.is_empty(),
         "the suite's premise does not hold here (no shim involved): {bad:?}"
     );
-    // and the tolerance is meant for real differences of rounding only
+    // The tolerance is meant for real differences of rounding only.
     assert!(
-        diff(base, &one, "", ALL).is_empty(),
+        diff(base, one, "", ALL).is_empty(),
         "{:?}",
-        diff(base, &one, "", ALL)
+        diff(base, one, "", ALL)
     );
+    let moved: Vec<&str> = FLOAT_BITWISE
+        .iter()
+        .copied()
+        .filter(|w| !bitwise_here(w))
+        .collect();
+    if !moved.is_empty() {
+        eprintln!(
+            "note: on this machine the float outputs of {moved:?} depend on the thread count; they are held to {REL_TOL:e} of their magnitude, not bitwise"
+        );
+    }
 }
 
 #[test]

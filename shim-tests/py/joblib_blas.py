@@ -8,9 +8,14 @@ from joblib import Parallel, delayed
 
 
 def task(seed):
-    a = np.random.default_rng(seed).random((300, 300))
+    # Small integers: every sum is exact, whatever the team splits (numpy's
+    # OpenBLAS rounds a product of random floats differently on 1 and 2
+    # threads on some CPUs), so the digest is the same at any team size.
+    a = np.random.default_rng(seed).integers(0, 8, (300, 300)).astype(float)
+    b = a
     for _ in range(5):
-        a = (a @ a) / 300.0
+        b = a @ a
+    a = b
     return os.getpid(), hashlib.sha256(a.tobytes()).hexdigest()[:16]
 
 
