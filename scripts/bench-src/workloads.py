@@ -243,15 +243,18 @@ def _median(v):
 
 
 def _dask_task(seed):
-    # the task: 8 chained 1000x1000 matmuls (bitwise equal on 1 or 2
-    # OpenBLAS threads at this size)
+    # the task: 8 chained 1000x1000 matmuls. Small integers, kept
+    # small by a remainder: every sum is exact in any order, so the checksum
+    # is the same at any team size (numpy's OpenBLAS rounds a product of
+    # random floats differently on 1 and 2 threads on some CPUs: on an
+    # AVX-512 EPYC at this size).
     import hashlib
     import numpy as np
     rng = np.random.default_rng(seed)
-    a = rng.random((1000, 1000))
+    a = rng.integers(0, 8, (1000, 1000)).astype(float)
     b = a
     for _ in range(8):
-        b = (a @ b) / 1000.0
+        b = np.fmod(a @ b, 7.0)
     return hashlib.sha256(b.tobytes()).hexdigest()[:16]
 
 
