@@ -106,10 +106,11 @@ pub const CELLS: usize = 16;
 /// word of another pid (inherited through fork) counts as none handed out.
 static CELLS_TAKEN: AtomicU64 = AtomicU64::new(0);
 
-/// This thread's cell in process `pid`, claimed at the first call. None when
-/// every cell is taken.
+/// This thread's cell in this process, claimed at the first call (and again
+/// in a forked child, whose pid differs). None when every cell is taken.
 #[inline]
-pub fn cell(pid: i32) -> Option<usize> {
+pub fn my_cell() -> Option<usize> {
+    let pid = crate::process::pid();
     with(|t| {
         if t.cell_pid.get() == pid {
             return usize::from(t.cell.get()).checked_sub(1);
@@ -119,12 +120,6 @@ pub fn cell(pid: i32) -> Option<usize> {
         t.cell_pid.set(pid);
         c
     })
-}
-
-/// This thread's cell in this process (see `cell`).
-#[inline]
-pub fn my_cell() -> Option<usize> {
-    cell(crate::process::pid())
 }
 
 #[cold]

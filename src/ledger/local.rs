@@ -32,7 +32,7 @@ pub struct Ledger {
     /// Some thread counted itself in `cells` (see `mirror_add`).
     mirrored: AtomicBool,
     /// Threads held elsewhere by the thread of each cell
-    /// (`thread_state::cell`), one writer per cell: the process's mirror of
+    /// (`thread_state::my_cell`), one writer per cell: the process's mirror of
     /// its cells in the tree's ledger (`ledger::enter`). Beside `used`, so a
     /// forked child reads them from a page its parent already touched.
     cells: [AtomicU32; CELLS],

@@ -30,7 +30,7 @@ use log::{info, warn};
 
 /// The per-process ledger: used with PARBUDGET_SCOPE=process, or when the
 /// shared one cannot be used. While the shared one is used it mirrors what
-/// this process holds there: each thread with a cell (`thread_state::cell`)
+/// this process holds there: each thread with a cell (`thread_state::my_cell`)
 /// in its own cell of LOCAL, with plain stores, the others in its count.
 /// Before, every region added to that count and took from it with a
 /// compare-and-swap each way; the tiny-region row read 1.03x to 1.04x of no

@@ -85,7 +85,7 @@ struct Counts {
     team_sum: AtomicU64,
 }
 
-/// The region counts of the threads that held one cell (thread_state::cell)
+/// The region counts of the threads that held one cell (thread_state::my_cell)
 /// in process `pid`, per copy: written by the cell's thread only, with plain
 /// stores, so a region costs no locked instruction for its statistics. Rows
 /// outlive their threads (a cell's next thread adds to them); a row of
