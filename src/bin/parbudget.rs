@@ -716,7 +716,6 @@ fn read_ledger(name: &str) -> Result<Value, String> {
         members.push(serde_json::json!({
             "pid": pid,
             "held": held,
-            "leased": layout::member_leased(&img, i),
             "alive": Path::new(&format!("/proc/{pid}")).exists(),
         }));
     }
@@ -772,10 +771,9 @@ fn ledger(a: LedgerArgs) -> ExitCode {
             );
             for m in l["members"].as_array().into_iter().flatten() {
                 println!(
-                    "  pid {:>8}  held {:>4}  (leased {:>4})  {}",
+                    "  pid {:>8}  held {:>4}  {}",
                     m["pid"],
                     m["held"],
-                    m["leased"],
                     if m["alive"] == true {
                         "alive"
                     } else {
