@@ -42,8 +42,6 @@ LAUNCHER = os.path.join(ROOT, "target/release/parbudget")
 FIX = os.path.join(ROOT, "target/fixtures")
 PY = os.path.join(ROOT, "target/venv/bin/python")
 
-# Ledger layout (src/ledger/layout.rs; shim-tests/hardening.rs uses the same).
-
 PY_WORK = r"""
 import ctypes, multiprocessing as mp, sys
 from concurrent.futures import ThreadPoolExecutor
