@@ -25,7 +25,6 @@ def task(seed):
     # OpenBLAS rounds a product of random floats differently on 1 and 2
     # threads on some CPUs), so the digest is the same at any team size.
     a = np.random.default_rng(seed).integers(0, 8, (1000, 1000)).astype(float)
-    b = a
     for _ in range(8):
         b = a @ a
     lib = ctypes.CDLL(None)
