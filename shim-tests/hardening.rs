@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// The ledger's size and field offsets (src/ledger/layout.rs, checked by
 /// its unit test `layout_is_what_the_tests_and_readers_assume`).
-const SIZE: usize = 43136;
+const SIZE: usize = 75968;
 const VERSION_AT: usize = 8;
 const SIZE_FIELD_AT: usize = 12;
 const BUDGET_AT: usize = 16;
@@ -104,13 +104,13 @@ fn a_full_dev_shm_is_refused_at_creation_and_the_program_completes() {
         return;
     }
     let dir = tempdir("hard-full");
-    // A private mount namespace with a 64 KiB tmpfs on /dev/shm (as in a
+    // A private mount namespace with a 128 KiB tmpfs on /dev/shm (as in a
     // container whose /dev/shm is full).
     let s = format!(
         r#"
 set -u
 D={d}
-mount -t tmpfs -o size=64k tmpfs /dev/shm || exit 90
+mount -t tmpfs -o size=128k tmpfs /dev/shm || exit 90
 run() {{ LD_PRELOAD=$SHIM PARBUDGET_CORES=2 PARBUDGET_REPORT=$D/$1.json "$FIX/regions_gcc" 300 4096 > $D/$1.out 2> $D/$1.err; echo $1_rc=$?; }}
 # Full to the last page.
 dd if=/dev/zero of=/dev/shm/fill bs=4k 2>/dev/null
@@ -118,7 +118,7 @@ run full
 echo full_left=$(ls /dev/shm | grep -c parbudget)
 # One page free: still refused, since every page is reserved before the
 # first touch, not when it is first written.
-rm /dev/shm/fill; dd if=/dev/zero of=/dev/shm/fill bs=4k count=15 2>/dev/null
+rm /dev/shm/fill; dd if=/dev/zero of=/dev/shm/fill bs=4k count=31 2>/dev/null
 run onepage
 echo onepage_left=$(ls /dev/shm | grep -c parbudget)
 # Room enough: the ledger is created with all its pages allocated.
@@ -138,7 +138,7 @@ echo room_bytes=$(( $(stat -c '%b * %B' /dev/shm/parbudget-room) ))
         assert_eq!(lines.len(), 1, "{case}: one line:\n{err}");
         assert!(
             lines[0].contains("WARN ledger_fallback")
-                && lines[0].contains("no space to reserve its 43136 bytes")
+                && lines[0].contains("no space to reserve its 75968 bytes")
                 && lines[0].contains("a ledger for this process only"),
             "{case}: {err}"
         );
@@ -263,18 +263,18 @@ fn a_ledger_shrunk_zeroed_overwritten_grown_or_renamed_over_crashes_none() {
         ),
         (
             "zeroed",
-            "dd if=/dev/zero of=/dev/shm$N bs=43136 count=1 conv=notrunc 2>/dev/null",
+            "dd if=/dev/zero of=/dev/shm$N bs=75968 count=1 conv=notrunc 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         (
             "overwritten",
-            "head -c 43136 /dev/urandom | dd of=/dev/shm$N bs=43136 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
+            "head -c 75968 /dev/urandom | dd of=/dev/shm$N bs=75968 count=1 conv=notrunc iflag=fullblock 2>/dev/null",
             Some("no longer reads as a ledger"),
         ),
         ("grown", "truncate -s 1M /dev/shm$N", None),
         (
             "renamed",
-            "head -c 43136 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
+            "head -c 75968 /dev/urandom > /dev/shm$N.new && chmod 600 /dev/shm$N.new && mv /dev/shm$N.new /dev/shm$N",
             None,
         ),
     ];
@@ -500,12 +500,12 @@ fn each_refused_ledger_is_named_in_one_line_and_the_process_runs_alone() {
                 patched(good.clone(), VERSION_AT, &1u32.to_ne_bytes()),
                 0o600,
             ),
-            "version 1, expected 3",
+            "version 1, expected 4",
         ),
         (
             "size",
             Make::Bytes([good.clone(), vec![0]].concat(), 0o600),
-            "wrong size 43137, expected 43136",
+            "wrong size 75969, expected 75968",
         ),
         (
             "size_field",

@@ -13,6 +13,7 @@ mod hardening;
 mod hazards;
 mod heap;
 mod hook_coverage;
+mod leases;
 mod ledger;
 mod memcheck;
 mod python;

@@ -29,6 +29,15 @@ pub struct ThreadState {
     /// fork: copies (bits) whose regions run serially on this thread (a
     /// forked child whose pool could not be freed first).
     pub serial: Cell<u64>,
+    /// ledger: the threads this thread keeps counted between its regions
+    /// (its lease: see ledger::shared, "Leases"; 0: none), valid in the
+    /// process `lease_pid` only (a forked child never resumes its parent's).
+    pub lease: Cell<u32>,
+    pub lease_pid: Cell<i32>,
+    /// ledger: the tree's lease epoch when this thread's lease was kept.
+    pub lease_epoch: Cell<u32>,
+    /// ledger: the epoch in which this thread last found leasing allowed.
+    pub lease_ok_epoch: Cell<u32>,
 }
 
 // The block lives in the static TLS area (the initial-exec model) on x86-64:
@@ -92,6 +101,10 @@ thread_local! {
             held_back: Cell::new(0),
             master_of: Cell::new(0),
             serial: Cell::new(0),
+            lease: Cell::new(0),
+            lease_pid: Cell::new(0),
+            lease_epoch: Cell::new(0),
+            lease_ok_epoch: Cell::new(0),
         }
     };
 }

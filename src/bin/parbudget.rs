@@ -716,6 +716,7 @@ fn read_ledger(name: &str) -> Result<Value, String> {
         members.push(serde_json::json!({
             "pid": pid,
             "held": held,
+            "leased": layout::member_leased(&img, i),
             "alive": Path::new(&format!("/proc/{pid}")).exists(),
         }));
     }
@@ -771,9 +772,10 @@ fn ledger(a: LedgerArgs) -> ExitCode {
             );
             for m in l["members"].as_array().into_iter().flatten() {
                 println!(
-                    "  pid {:>8}  held {:>4}  {}",
+                    "  pid {:>8}  held {:>4}  (leased {:>4})  {}",
                     m["pid"],
                     m["held"],
+                    m["leased"],
                     if m["alive"] == true {
                         "alive"
                     } else {

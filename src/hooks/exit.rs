@@ -11,6 +11,9 @@ fn on_exit(may_load: bool) {
     if process::is_foreign() {
         return;
     }
+    // The exiting thread's lease first: the report then counts only threads
+    // still in regions, and the leases of threads that are alive but idle.
+    crate::ledger::release_lease();
     crate::report::write_now(may_load);
     crate::ledger::at_exit();
 }

@@ -12,7 +12,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PBLEDGR1");
 const MAGIC_FAMILY: &[u8; 7] = b"PBLEDGR";
 /// 2: `used` carries FENCE, and each slot has an in-flight count (`busy`).
 /// 3: each slot has per-thread cells (`cells`).
-pub const VERSION: u32 = 3;
+/// 4: leases (`lease`, `lease_states`).
+pub const VERSION: u32 = 4;
 pub const SLOTS: usize = 512;
 /// Threads one slot (or the whole ledger) may hold: callers always run and
 /// promised teams are kept over the budget, so this is a sanity bound only.
@@ -69,7 +70,31 @@ pub struct Header {
     /// Per slot: the threads held by each of its threads that has a cell,
     /// with CELL_BUSY while that thread changes `used` (shared.rs).
     pub cells: [Cells; SLOTS],
+    /// The tree's leases (shared.rs, "Leases").
+    pub lease: Leases,
+    /// Per slot: each cell's lease state, written by that cell's thread
+    /// only: `LEASE_IDLE | epoch` while the thread keeps its cell's count
+    /// between regions, 0 otherwise.
+    pub lease_states: [Cells; SLOTS],
 }
+
+/// The lease words every member reads at each leased region (one line of
+/// their own, written only at a steal or when leasing starts).
+#[repr(C, align(64))]
+pub struct Leases {
+    /// Steals so far (wrapping, 31 bits): an idle lease recorded with
+    /// another epoch than the current one may be taken.
+    pub epoch: AtomicU32,
+    /// When the last steal was (coarse ms, truncated): no member starts a
+    /// lease for a while after one.
+    pub steal_ms: AtomicU32,
+    /// Some thread may keep a lease (a hint: set by threads that start one,
+    /// cleared by a steal).
+    pub leasing: AtomicU32,
+}
+
+/// A lease state's idle bit; the other bits are the epoch it was kept in.
+pub const LEASE_IDLE: u32 = 1 << 31;
 
 pub const SIZE: usize = core::mem::size_of::<Header>();
 /// Where the mutex lives in the mapping (guard.rs restores a holder's state there).
@@ -240,6 +265,18 @@ pub fn member_held(img: &[u8], i: usize) -> u64 {
     u64::from(u32_at(img, slot + offset_of!(Slot, held))) + cells
 }
 
+/// Of `member_held`, what idle threads keep as leases (shared.rs,
+/// "Leases"): counted as in use until their threads' next regions, or until
+/// a member short of threads takes them back.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn member_leased(img: &[u8], i: usize) -> u64 {
+    let states = offset_of!(Header, lease_states) + i * core::mem::size_of::<Cells>();
+    (0..CELLS)
+        .filter(|&c| u32_at(img, states + c * 4) & LEASE_IDLE != 0)
+        .map(|c| u64::from(u32_at(img, cell_at(i, c)) & !CELL_BUSY))
+        .sum()
+}
+
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -287,6 +324,12 @@ pub mod tests {
         // A cell's in-flight bit is not a thread.
         let img = with(img, cell_at(0, 3), &(5 | CELL_BUSY).to_ne_bytes());
         let img = with(img, cell_at(0, CELLS - 1), &1u32.to_ne_bytes());
+        assert_eq!(member_held(&img, 0), 8);
+        // Cell 3's 5 threads are an idle thread's lease; cell 15's are not.
+        assert_eq!(member_leased(&img, 0), 0);
+        let states = offset_of!(Header, lease_states);
+        let img = with(img, states + 3 * 4, &(LEASE_IDLE | 7).to_ne_bytes());
+        assert_eq!(member_leased(&img, 0), 5);
         assert_eq!(member_held(&img, 0), 8);
         assert_eq!(check(&img, Some(KIND)), Ok(()));
         let bad = with(img, cell_at(7, 0), &(MAX_HELD + 1).to_ne_bytes());

@@ -65,6 +65,12 @@ pub fn enter(cell: Option<usize>, want: u32, need: u32, count_caller: bool) -> E
     }
 }
 
+/// This thread gives back the threads it keeps counted between regions (its
+/// lease: see shared.rs, "Leases"), if any.
+pub fn release_lease() {
+    shared::release_lease();
+}
+
 /// A thread ends: its shared-ledger cell can serve another thread.
 pub fn release_cell() {
     shared::release_cell();
@@ -238,6 +244,7 @@ pub fn setup(scope: Scope, cores: u32, source_code: u32) {
     if scope == Scope::Process {
         return;
     }
+    shared::register_for_steals();
     let (name, generated) = match crate::config::getenv(c"PARBUDGET_LEDGER") {
         Some(n)
             if n.as_bytes().starts_with(b"/")

@@ -59,13 +59,15 @@
 //! `/parbudget-myjob`); the first one creates it.
 
 use super::guard::{self, LEDGER, Loss, PROBE};
-use super::layout::{self, CELL_BUSY, FENCE, Header, MAGIC, MAX_HELD, SIZE, SLOTS, VERSION};
+use super::layout::{
+    self, CELL_BUSY, CELLS, FENCE, Header, LEASE_IDLE, MAGIC, MAX_HELD, SIZE, SLOTS, VERSION,
+};
 use super::local::Entered;
 use crate::process;
 use crate::stackbuf::{Quoted, StackBuf};
 use crate::thread_state;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*, compiler_fence};
 use log::{debug, info, warn};
 
 /// The mapped ledger (0 = none) and this process's slot (usize::MAX = none yet).
@@ -408,6 +410,254 @@ fn mine() -> Option<(&'static Header, usize)> {
 }
 
 // ---------------------------------------------------------------------------
+// Leases: the steady state with no locked instruction.
+//
+// Why: the two compare-and-swaps on `used` of every region were half the
+// shim's cost on a thread that runs short regions one after another (the
+// tiny-region row: 1.049x of no shim with them, 1.027x in a build that made
+// them plain stores, 80 interleaved rounds). A locked instruction waits for
+// every store of the region's body to drain first.
+//
+// What: a thread with a cell that leaves its outermost region keeps the
+// threads it held counted (its lease: `used` and its cell unchanged) and
+// records in its cell's lease state `LEASE_IDLE | epoch`. Its next region
+// that wants the same team takes the lease back with plain stores and
+// loads; any other asks (a different team, a query, the thread's end) give
+// it back first. A member short of threads steals the idle leases of the
+// tree (`steal_leases`), so a kept lease never keeps threads from anyone.
+//
+// The protocol (an asymmetric Dekker handshake: the owner's side has no
+// fence; the stealer's side pays for both with membarrier(2)):
+//  - owner, keeping: load `epoch` as e, then store `LEASE_IDLE | e` to its
+//    state (program order; the state store is a Release);
+//  - owner, resuming: store 0 to its state, then load `epoch`; equal to
+//    its e: the lease is still its own. Otherwise take the mutex (a steal
+//    holds it until done) and read the cell: it still holds the lease, or 0
+//    if stolen;
+//  - stealer, under the mutex: add 1 to `epoch`, membarrier (every thread of
+//    every member either had its earlier stores made visible, or runs its
+//    later loads after the new epoch is visible), then for each state
+//    `LEASE_IDLE | e` with e not the new epoch: take the cell's count off
+//    the cell and off `used`.
+// A steal of a lease kept with epoch e implies the owner's next resume
+// loads `epoch` after the barrier (had its state store of 0 been before it,
+// the stealer would have read that store, or a later one), so it sees the
+// new epoch and waits on the mutex. A state kept with the new epoch itself
+// is left alone: its owner read that epoch, so its resume would pass.
+//
+// Members register for expedited barriers when they claim their slot; a
+// process that could not (an old kernel, a seccomp filter) keeps no lease.
+// The stealer falls back to the slow global barrier; if neither works, it
+// steals nothing.
+//
+// SIGKILL: a lease is a count in a cell like any other, so a dead member's
+// leases go with its cells (`reclaim_dead`). A stealer killed holding the
+// mutex leaves EOWNERDEAD, and the next locker rebuilds `used` from the cells.
+//
+// Contention: after a steal no member starts a lease for LEASE_PAUSE_MS, so
+// threads that keep each other short (more threads in regions than the
+// budget) count every region as before, with at most one steal per pause.
+// ---------------------------------------------------------------------------
+
+/// How long no member starts a lease after a steal (ms).
+const LEASE_PAUSE_MS: u32 = 100;
+
+const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+
+/// This process is registered for the stealers' expedited barriers. The
+/// kernel keeps a registration across fork and drops it at exec, as this
+/// static is.
+static REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// At init, with the tree's scope: registers this process for the stealers'
+/// expedited barriers; without it the process keeps no lease. Done at init
+/// because the process has one thread then: registering a process with
+/// several waits for an RCU grace period (18 to 42 ms measured here; made
+/// at the first slot claim, under the mutex, it kept the mutex that long and
+/// starved other members in the soak). Forked children inherit it.
+pub fn register_for_steals() {
+    // SAFETY: membarrier takes plain integers and touches none of our memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+            0,
+            0,
+        )
+    };
+    REGISTERED.store(r == 0, Relaxed);
+}
+
+/// A full memory barrier on every running thread of every registered
+/// process (see "Leases"). False when the kernel offers none.
+fn barrier_all() -> bool {
+    // SAFETY: as in register_for_steals.
+    let expedited =
+        unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) };
+    // SAFETY: as above.
+    expedited == 0
+        || unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0
+}
+
+/// The threads this thread keeps leased in this process (0: none).
+#[inline]
+fn lease_here() -> u32 {
+    let pid = process::pid();
+    thread_state::with(|t| {
+        if t.lease_pid.get() == pid {
+            t.lease.get()
+        } else {
+            0
+        }
+    })
+}
+
+/// Some member may keep a lease: a short request should steal.
+#[inline]
+fn leases_kept(h: &Header) -> bool {
+    h.lease.leasing.load(Relaxed) != 0
+}
+
+/// A thread leaves its outermost region, holding `n` threads in cell `c` of
+/// slot `i`: keeps them as its lease when nothing argues against it. True
+/// when kept (then nothing else is to be done).
+#[inline]
+fn keep(h: &Header, i: usize, c: usize, n: u32) -> bool {
+    let pid = process::pid();
+    let u = h.used.load(Relaxed);
+    // Only a count this thread alone holds, within the budget, outside a
+    // rebuild, in a process the stealers' barrier reaches.
+    if !REGISTERED.load(Relaxed)
+        || u & FENCE != 0
+        || u > h.budget
+        || h.cells[i].0[c].load(Relaxed) != n
+    {
+        return false;
+    }
+    // Before the state store (see "Leases").
+    let e = h.lease.epoch.load(Acquire);
+    if e != thread_state::with(|t| t.lease_ok_epoch.get()) && !lease_allowed(h, e) {
+        return false;
+    }
+    if !leases_kept(h) {
+        h.lease.leasing.store(1, Relaxed);
+    }
+    thread_state::with(|t| {
+        t.lease.set(n);
+        t.lease_pid.set(pid);
+        t.lease_epoch.set(e);
+    });
+    h.lease_states[i].0[c].store(LEASE_IDLE | e, Release);
+    true
+}
+
+/// A steal happened since this thread last kept a lease: one may be kept
+/// again once LEASE_PAUSE_MS have passed since it.
+#[cold]
+#[inline(never)]
+fn lease_allowed(h: &Header, e: u32) -> bool {
+    let now = process::coarse_ms() as u32;
+    if now.wrapping_sub(h.lease.steal_ms.load(Relaxed)) < LEASE_PAUSE_MS {
+        return false;
+    }
+    thread_state::with(|t| t.lease_ok_epoch.set(e));
+    true
+}
+
+/// This thread takes its lease back (it enters a region, asks what is free,
+/// or ends): the threads it holds now as if it had just entered a region
+/// with them, 0 when it has no lease or it was stolen.
+#[inline]
+fn resume(h: &'static Header, i: usize, c: usize) -> u32 {
+    let l = lease_here();
+    if l == 0 {
+        return 0;
+    }
+    thread_state::with(|t| t.lease.set(0));
+    h.lease_states[i].0[c].store(0, Relaxed);
+    // The state store stays before the epoch load in the program; the
+    // hardware may still delay it, which the stealer's barrier settles (see
+    // "Leases"). No fence here: that is the point.
+    compiler_fence(SeqCst);
+    if h.lease.epoch.load(Relaxed) == thread_state::with(|t| t.lease_epoch.get()) {
+        return l;
+    }
+    resume_after_steal(h, i, c)
+}
+
+/// `resume` when a steal began since the lease was kept: the stealer holds
+/// the mutex until it is done, and the cell then tells.
+#[cold]
+#[inline(never)]
+fn resume_after_steal(h: &'static Header, i: usize, c: usize) -> u32 {
+    let _l = match Locked::new(h) {
+        Ok(l) => Some(l),
+        Err(NoLock::Reentered) => None,
+        Err(NoLock::Lost) => return 0,
+    };
+    h.cells[i].0[c].load(SeqCst) & !CELL_BUSY
+}
+
+/// Gives `n` threads of cell `c` back (a resumed lease not used as it is).
+fn give_back(h: &Header, i: usize, c: usize, n: u32) {
+    if let Change::Locked = cell_exit(h, i, c, n, true) {
+        leave_locked(n, Some(c));
+    }
+}
+
+/// This thread gives its lease back now, if it keeps one.
+pub fn release_lease() {
+    if lease_here() == 0 {
+        return;
+    }
+    if let (Some((h, i)), Some(c)) = (mine(), thread_state::my_cell()) {
+        let l = resume(h, i, c);
+        if l > 0 {
+            give_back(h, i, c, l);
+        }
+    }
+    thread_state::with(|t| t.lease.set(0));
+}
+
+/// Takes back the idle leases of every member (see "Leases"). Caller holds
+/// the mutex. Returns the threads freed.
+fn steal_leases(h: &Header) -> u32 {
+    h.lease.leasing.store(0, SeqCst);
+    let e = h.lease.epoch.load(Relaxed).wrapping_add(1) & !LEASE_IDLE;
+    h.lease.epoch.store(e, SeqCst);
+    h.lease.steal_ms.store(process::coarse_ms() as u32, Relaxed);
+    if !barrier_all() {
+        debug!("lease_steal freed=0 reason=\"no membarrier\"");
+        return 0;
+    }
+    let mut freed = 0u32;
+    for (i, s) in h.slots.iter().enumerate() {
+        if s.pid.load(Relaxed) == 0 {
+            continue;
+        }
+        for c in 0..CELLS {
+            let st = h.lease_states[i].0[c].load(SeqCst);
+            if st & LEASE_IDLE == 0 || st & !LEASE_IDLE == e {
+                continue;
+            }
+            let cell = &h.cells[i].0[c];
+            let v = cell.load(SeqCst);
+            // An idle owner changes nothing, so never busy; be sure anyway.
+            if v == 0 || v & CELL_BUSY != 0 {
+                continue;
+            }
+            cell.store(0, Release);
+            sub_used(h, v);
+            freed = freed.saturating_add(v);
+        }
+    }
+    debug!("lease_steal freed={} epoch={}", freed, e);
+    freed
+}
+
+// ---------------------------------------------------------------------------
 // Cells: the common path with one locked instruction per change.
 //
 // A thread of a member that enters regions gets a cell of that member's slot
@@ -431,6 +681,7 @@ fn mine() -> Option<(&'static Header, usize)> {
 /// counts threads (a region it never left: the count stays where a reclaim
 /// finds it).
 pub fn release_cell() {
+    release_lease();
     let pid = process::pid();
     let Some(c) = thread_state::cell_of_ending_thread(pid) else {
         return;
@@ -452,6 +703,9 @@ fn cells_held(h: &Header, i: usize) -> u32 {
 /// Empties slot `i`'s cells (a dead member's, or a slot being claimed);
 /// returns what they held. Caller holds the mutex.
 fn clear_cells(h: &Header, i: usize) -> u32 {
+    for st in &h.lease_states[i].0 {
+        st.store(0, Relaxed);
+    }
     h.cells[i].0.iter().fold(0u32, |a, c| {
         a.saturating_add(c.swap(0, SeqCst) & !CELL_BUSY)
     })
@@ -565,7 +819,7 @@ fn raise_used(h: &Header, want: u32, need: u32, me: u32, gated: bool) -> Option<
     loop {
         let used = u & !FENCE;
         let short = want > 0 && used.saturating_add(me + want) > h.budget;
-        if gated && (u & FENCE != 0 || (short && scan_due())) {
+        if gated && (u & FENCE != 0 || (short && (scan_due() || leases_kept(h)))) {
             return None;
         }
         // A nested region on an already-counted thread asks only for extras.
@@ -626,10 +880,26 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool, cell: Option<usize>) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(e) = count_entry(h, i, cell, want, need, me, true)
-    {
-        return (!guard::is_lost(LEDGER)).then_some(e);
+    if let Some((h, i)) = mine() {
+        if let Some(c) = cell
+            && count_caller
+        {
+            // A thread that kept its team's count since its last region
+            // (see "Leases"): the same team again changes nothing shared.
+            let l = resume(h, i, c);
+            if l == want + 1 {
+                return (!guard::is_lost(LEDGER)).then_some(Entered {
+                    extras: want,
+                    over: false,
+                });
+            }
+            if l > 0 {
+                give_back(h, i, c, l);
+            }
+        }
+        if let Change::Done(e) = count_entry(h, i, cell, want, need, me, true) {
+            return (!guard::is_lost(LEDGER)).then_some(e);
+        }
     }
     enter_locked(want, need, me, cell)
 }
@@ -649,11 +919,21 @@ fn enter_locked(want: u32, need: u32, me: u32, cell: Option<usize>) -> Option<En
             over: need > 0,
         });
     };
-    if want > 0 && (h.used.load(SeqCst) & !FENCE).saturating_add(me + want) > h.budget && scan_due()
-    {
-        // Short: maybe a dead member still counts.
-        scanned();
-        reclaim_dead(h, false);
+    let short = || want > 0 && used_now(h).saturating_add(me + want) > h.budget;
+    if short() {
+        let due = scan_due();
+        if due || leases_kept(h) {
+            // Short: idle threads may keep leases (the scan's rate limit
+            // also bounds how long a lease kept unseen can go unstolen).
+            steal_leases(h);
+        }
+        if due {
+            scanned();
+            if short() {
+                // Still short: maybe a dead member still counts.
+                reclaim_dead(h, false);
+            }
+        }
     }
     match count_entry(h, i, cell, want, need, me, false) {
         Change::Done(e) => Some(e),
@@ -667,10 +947,16 @@ fn enter_locked(want: u32, need: u32, me: u32, cell: Option<usize>) -> Option<En
 #[inline]
 pub fn leave(extras: u32, count_caller: bool, cell: Option<usize>) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i)) = mine()
-        && let Change::Done(()) = count_exit(h, i, cell, n, true)
-    {
-        return !guard::is_lost(LEDGER);
+    if let Some((h, i)) = mine() {
+        if count_caller
+            && let Some(c) = cell
+            && keep(h, i, c, n)
+        {
+            return !guard::is_lost(LEDGER);
+        }
+        if let Change::Done(()) = count_exit(h, i, cell, n, true) {
+            return !guard::is_lost(LEDGER);
+        }
     }
     leave_locked(n, cell)
 }
@@ -746,8 +1032,11 @@ fn used_now(h: &Header) -> u32 {
 /// never counts the threads of a member killed by SIGKILL.
 pub fn free_for(want: u32) -> Option<u32> {
     let h = header()?;
+    // The asking thread's own lease is free for it.
+    release_lease();
     let free = h.budget.saturating_sub(used_now(h));
-    if free >= want || !scan_due() {
+    let due = scan_due();
+    if free >= want || !(due || leases_kept(h)) {
         return Some(free);
     }
     let _l = match Locked::new(h) {
@@ -755,8 +1044,13 @@ pub fn free_for(want: u32) -> Option<u32> {
         Err(NoLock::Reentered) => return Some(free),
         Err(NoLock::Lost) => return None,
     };
-    scanned();
-    reclaim_dead(h, false);
+    steal_leases(h);
+    if due {
+        scanned();
+        if h.budget.saturating_sub(used_now(h)) < want {
+            reclaim_dead(h, false);
+        }
+    }
     Some(h.budget.saturating_sub(used_now(h)))
 }
 
