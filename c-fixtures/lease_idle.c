@@ -9,6 +9,7 @@
  * Each region sums 4096 doubles (a reduction: its value must not depend on
  * the team). Prints first_min_team, first_mean_team, worker_min_team,
  * worker_mean_team (thread mode), after_min_team, after_mean_team, sum. */
+#include <errno.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -70,7 +71,9 @@ int main(int argc, char **argv) {
         printf("idle=1\n");
         fflush(stdout);
         struct timespec ts = {idle_ms / 1000, (idle_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
+        /* The whole time, even when a signal (a report signal) cuts it. */
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+        }
     }
     struct teams after = regions();
     sum += after.sum;

@@ -69,8 +69,10 @@ fn another_member_takes_an_idle_processs_lease_and_a_killed_holder_leaks_nothing
     let script = format!(
         "set -u; D={d}; \
          wait_idle() {{ n=0; until grep -q '^idle=1' $1; do sleep 0.01; n=$((n+1)); [ $n -gt 2000 ] && exit 9; done; }}; \
-         {lease} idle 400 1500 > $D/a.out & a=$!; wait_idle $D/a.out; \
+         PARBUDGET_REPORT_SIGNAL=USR1 PARBUDGET_REPORT=$D/sig-%p.json {lease} idle 400 1500 > $D/a.out & a=$!; wait_idle $D/a.out; \
          LD_PRELOAD= {launcher} ledger --json $PARBUDGET_LEDGER > $D/ledger_a.json; \
+         kill -USR1 $a; n=0; until [ -s $D/sig-$a.json ]; do sleep 0.01; n=$((n+1)); [ $n -gt 2000 ] && exit 8; done; \
+         cp $D/sig-$a.json $D/report_a.json; \
          echo during=$(PARBUDGET_REPORT={during}/r-%p.json {regions} 300 4096 | grep '^mean_team=' | cut -d= -f2); \
          wait $a; cat $D/a.out; \
          {lease} idle 400 20000 > $D/c.out & c=$!; wait_idle $D/c.out; \
@@ -102,6 +104,13 @@ fn another_member_takes_an_idle_processs_lease_and_a_killed_holder_leaks_nothing
         2,
         "idle A keeps its team of 2 as a lease: {l}"
     );
+    // A's live report (the report signal, while it idles): its lease is
+    // held by it, and shown as leased.
+    let a: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report_a.json")).unwrap()).unwrap();
+    assert_eq!(a["trigger"], "signal", "{a}");
+    assert_eq!(a["ledger"]["held_here"], 2, "{a}");
+    assert_eq!(a["ledger"]["leased_here"], 2, "{a}");
     assert_eq!(
         r.get("during"),
         "2.000",

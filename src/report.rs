@@ -7,7 +7,7 @@
 //! `{pid, ppid, trigger, budget, budget_source, fork_policy, runtimes: [{kind, impl, path,
 //! threads_created, threads_live, threads_peak, requested_max, clamped,
 //! regions, mean_team, requests_cut, over_budget}], ledger: {scope, budget,
-//! used, members, held_here}, other_threads: {created, live, peak},
+//! used, members, held_here, leased_here}, other_threads: {created, live, peak},
 //! warnings: [{kind, message}]}`
 
 use crate::init::Settings;
@@ -111,6 +111,10 @@ pub unsafe extern "C" fn parbudget_report_json(buf: *mut u8, len: usize) -> isiz
             // SAFETY: the caller promises `len` writable bytes at `buf`.
             unsafe { core::slice::from_raw_parts_mut(buf, len) }
         };
+        // A thread that keeps a lease is between regions: the asking thread
+        // gives its own back first, as at exit, so the report shows what
+        // its process runs rather than what it last ran.
+        crate::ledger::release_lease();
         let mut o = MemOut { buf, needed: 0 };
         let _ = write_json(&mut o, s, Trigger::Call);
         o.needed as isize
@@ -179,7 +183,7 @@ fn write_json(o: &mut impl Write, s: &Settings, trigger: Trigger) -> fmt::Result
     let a = crate::ledger::audit();
     write!(
         o,
-        "],\"ledger\":{{\"scope\":\"{}\",\"joined\":{},\"name\":{},\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{}}}",
+        "],\"ledger\":{{\"scope\":\"{}\",\"joined\":{},\"name\":{},\"budget\":{},\"used\":{},\"members\":{},\"held_here\":{},\"leased_here\":{}}}",
         if a.shared || a.pending {
             "tree"
         } else {
@@ -192,7 +196,8 @@ fn write_json(o: &mut impl Write, s: &Settings, trigger: Trigger) -> fmt::Result
         a.budget,
         a.used,
         a.members,
-        a.held_here
+        a.held_here,
+        a.leased_here
     )?;
     write!(
         o,

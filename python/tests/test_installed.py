@@ -118,7 +118,9 @@ class Module(unittest.TestCase):
         self.assertLessEqual(blas[0]["threads_peak"], 2)
         self.assertEqual(s["ledger"]["budget"], 2)
         self.assertGreaterEqual(s["ledger"]["members"], 1)
+        # The asking thread gave back the lease its BLAS calls left.
         self.assertEqual(s["ledger"]["held_here"], 0)
+        self.assertEqual(s["ledger"]["leased_here"], 0)
 
     def test_status_reads_a_live_ledger_with_two_members(self):
         # A child joins the parent's ledger: the report is live, not the

@@ -111,6 +111,9 @@ pub struct Audit {
     pub members: u32,
     /// Threads this process holds.
     pub held_here: u32,
+    /// Of those, what its idle threads keep counted between regions (their
+    /// leases: see shared.rs), which a member short of threads takes back.
+    pub leased_here: u32,
     /// The tree's ledger is planned but not joined yet (this process ran no
     /// region, BLAS call or query so far): the numbers are this process's.
     pub pending: bool,
@@ -125,6 +128,7 @@ pub fn audit() -> Audit {
             used,
             members: 1,
             held_here: used,
+            leased_here: 0,
             pending: matches!(ATTACH.load(Acquire), NOT_YET | ATTACHING),
         }
     })

@@ -700,6 +700,18 @@ fn cells_held(h: &Header, i: usize) -> u32 {
         .fold(0u32, |a, c| a.saturating_add(c.load(SeqCst) & !CELL_BUSY))
 }
 
+/// Of `cells_held`, what idle threads of slot `i` keep as leases.
+fn cells_leased(h: &Header, i: usize) -> u32 {
+    h.cells[i]
+        .0
+        .iter()
+        .zip(&h.lease_states[i].0)
+        .filter(|(_, st)| st.load(Relaxed) & LEASE_IDLE != 0)
+        .fold(0u32, |a, (c, _)| {
+            a.saturating_add(c.load(Relaxed) & !CELL_BUSY)
+        })
+}
+
 /// Empties slot `i`'s cells (a dead member's, or a slot being claimed);
 /// returns what they held. Caller holds the mutex.
 fn clear_cells(h: &Header, i: usize) -> u32 {
@@ -1058,11 +1070,12 @@ pub fn free_for(want: u32) -> Option<u32> {
 /// lock (each number is a single atomic load).
 pub fn audit() -> Option<super::Audit> {
     let h = header()?;
-    let held_here = mine().map_or(0, |(h, i)| {
-        h.slots[i]
+    let (held_here, leased_here) = mine().map_or((0, 0), |(h, i)| {
+        let held = h.slots[i]
             .held
             .load(Relaxed)
-            .saturating_add(cells_held(h, i))
+            .saturating_add(cells_held(h, i));
+        (held, cells_leased(h, i))
     });
     let a = super::Audit {
         shared: true,
@@ -1070,6 +1083,7 @@ pub fn audit() -> Option<super::Audit> {
         used: used_now(h),
         members: h.slots.iter().filter(|s| s.pid.load(Relaxed) != 0).count() as u32,
         held_here,
+        leased_here,
         pending: false,
     };
     // Read from pages that vanished meanwhile: not the tree's numbers.
