@@ -38,6 +38,10 @@ pub struct ThreadState {
     pub lease_epoch: Cell<u32>,
     /// ledger: the epoch in which this thread last found leasing allowed.
     pub lease_ok_epoch: Cell<u32>,
+    /// ledger: the tree's count stayed within the budget at this thread's
+    /// last counted entry; only then does its exit look at the count to
+    /// keep a lease (see ledger::shared, `keep`).
+    pub entry_fit: Cell<bool>,
 }
 
 // The block lives in the static TLS area (the initial-exec model) on x86-64:
@@ -105,6 +109,7 @@ thread_local! {
             lease_pid: Cell::new(0),
             lease_epoch: Cell::new(0),
             lease_ok_epoch: Cell::new(0),
+            entry_fit: Cell::new(false),
         }
     };
 }
