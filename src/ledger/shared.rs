@@ -404,9 +404,20 @@ fn my_slot(h: &Header) -> Option<usize> {
 /// ours: what the lock-free path needs.
 #[inline]
 fn mine() -> Option<(&'static Header, usize)> {
+    mine_pid().map(|(h, i, _)| (h, i))
+}
+
+/// `mine`, with this process's pid: the region path checks its lease
+/// against it too, and reads it once.
+#[inline]
+fn mine_pid() -> Option<(&'static Header, usize, i32)> {
     let h = header()?;
     let i = MY_SLOT.load(Relaxed);
-    (i < SLOTS && h.slots[i].pid.load(Relaxed) == process::pid()).then_some((h, i))
+    if i >= SLOTS {
+        return None;
+    }
+    let pid = process::pid();
+    (h.slots[i].pid.load(Relaxed) == pid).then_some((h, i, pid))
 }
 
 // ---------------------------------------------------------------------------
@@ -503,10 +514,9 @@ fn barrier_all() -> bool {
         || unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) } == 0
 }
 
-/// The threads this thread keeps leased in this process (0: none).
+/// The threads this thread keeps leased in process `pid`, this one (0: none).
 #[inline]
-fn lease_here() -> u32 {
-    let pid = process::pid();
+fn lease_here(pid: i32) -> u32 {
     thread_state::with(|t| {
         if t.lease_pid.get() == pid {
             t.lease.get()
@@ -526,7 +536,7 @@ fn leases_kept(h: &Header) -> bool {
 /// slot `i`: keeps them as its lease when nothing argues against it. True
 /// when kept (then nothing else is to be done).
 #[inline]
-fn keep(h: &Header, i: usize, c: usize, n: u32) -> bool {
+fn keep(h: &Header, i: usize, c: usize, n: u32, pid: i32) -> bool {
     // Threads that keep each other over the budget keep no lease: told by
     // what this thread's entry saw, before reading the count's line, which
     // they all write (at 16 to 64 threads that read cost 15 to 25 ns an
@@ -534,7 +544,6 @@ fn keep(h: &Header, i: usize, c: usize, n: u32) -> bool {
     if !thread_state::with(|t| t.entry_fit.get()) {
         return false;
     }
-    let pid = process::pid();
     let u = h.used.load(Relaxed);
     // Only a count this thread alone holds, within the budget, outside a
     // rebuild, in a process the stealers' barrier reaches.
@@ -579,8 +588,8 @@ fn lease_allowed(h: &Header, e: u32) -> bool {
 /// or ends): the threads it holds now as if it had just entered a region
 /// with them, 0 when it has no lease or it was stolen.
 #[inline]
-fn resume(h: &'static Header, i: usize, c: usize) -> u32 {
-    let l = lease_here();
+fn resume(h: &'static Header, i: usize, c: usize, pid: i32) -> u32 {
+    let l = lease_here(pid);
     if l == 0 {
         return 0;
     }
@@ -618,11 +627,13 @@ fn give_back(h: &Header, i: usize, c: usize, n: u32) {
 
 /// This thread gives its lease back now, if it keeps one.
 pub fn release_lease() {
-    if lease_here() == 0 {
+    // No lease at all (one kept in a parent before a fork is told apart by
+    // `resume`, and cleared below).
+    if thread_state::with(|t| t.lease.get()) == 0 {
         return;
     }
-    if let (Some((h, i)), Some(c)) = (mine(), thread_state::my_cell()) {
-        let l = resume(h, i, c);
+    if let (Some((h, i, pid)), Some(c)) = (mine_pid(), thread_state::my_cell()) {
+        let l = resume(h, i, c, pid);
         if l > 0 {
             give_back(h, i, c, l);
         }
@@ -904,13 +915,13 @@ fn lock_free<T>(h: &Header, i: usize, f: impl FnOnce() -> Change<T>) -> Change<T
 #[inline]
 pub fn enter(want: u32, need: u32, count_caller: bool, cell: Option<usize>) -> Option<Entered> {
     let me = u32::from(count_caller);
-    if let Some((h, i)) = mine() {
+    if let Some((h, i, pid)) = mine_pid() {
         if let Some(c) = cell
             && count_caller
         {
             // A thread that kept its team's count since its last region
             // (see "Leases"): the same team again changes nothing shared.
-            let l = resume(h, i, c);
+            let l = resume(h, i, c, pid);
             if l == want + 1 {
                 return (!guard::is_lost(LEDGER)).then_some(Entered {
                     extras: want,
@@ -947,16 +958,7 @@ fn enter_locked(want: u32, need: u32, me: u32, cell: Option<usize>) -> Option<En
     if short() {
         let due = scan_due();
         if due || leases_kept(h) {
-            // Short: idle threads may keep leases (the scan's rate limit
-            // also bounds how long a lease kept unseen can go unstolen).
-            steal_leases(h);
-        }
-        if due {
-            scanned();
-            if short() {
-                // Still short: maybe a dead member still counts.
-                reclaim_dead(h, false);
-            }
+            make_room(h, due, short);
         }
     }
     match count_entry(h, i, cell, want, need, me, false) {
@@ -971,10 +973,10 @@ fn enter_locked(want: u32, need: u32, me: u32, cell: Option<usize>) -> Option<En
 #[inline]
 pub fn leave(extras: u32, count_caller: bool, cell: Option<usize>) -> bool {
     let n = extras + u32::from(count_caller);
-    if let Some((h, i)) = mine() {
+    if let Some((h, i, pid)) = mine_pid() {
         if count_caller
             && let Some(c) = cell
-            && keep(h, i, c, n)
+            && keep(h, i, c, n, pid)
         {
             return !guard::is_lost(LEDGER);
         }
@@ -1051,6 +1053,21 @@ fn used_now(h: &Header) -> u32 {
     h.used.load(SeqCst) & !FENCE
 }
 
+/// Short of threads, under the mutex: takes idle leases back, and when a
+/// reclaim scan is `due` (rate-limited: it reads /proc) and `short` still
+/// holds, reclaims dead members. The scan's rate limit also bounds how long
+/// a lease kept unseen (its `leasing` hint cleared by a racing steal) can
+/// go unstolen.
+fn make_room(h: &Header, due: bool, short: impl Fn() -> bool) {
+    steal_leases(h);
+    if due {
+        scanned();
+        if short() {
+            reclaim_dead(h, false);
+        }
+    }
+}
+
 /// Free threads for a query that wants `want` of them: when short, dead
 /// members are reclaimed first (rate-limited, as in `enter`), so an answer
 /// never counts the threads of a member killed by SIGKILL.
@@ -1068,13 +1085,7 @@ pub fn free_for(want: u32) -> Option<u32> {
         Err(NoLock::Reentered) => return Some(free),
         Err(NoLock::Lost) => return None,
     };
-    steal_leases(h);
-    if due {
-        scanned();
-        if h.budget.saturating_sub(used_now(h)) < want {
-            reclaim_dead(h, false);
-        }
-    }
+    make_room(h, due, || h.budget.saturating_sub(used_now(h)) < want);
     Some(h.budget.saturating_sub(used_now(h)))
 }
 
